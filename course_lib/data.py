@@ -1,0 +1,104 @@
+"""Text sources -> token windows for evaluation and calibration.
+
+The offline default is the Python standard library's own reference prose,
+``pydoc_data.topics`` (~460k characters of English). The same ``datasets``
+code path reads WikiText-2 when online, or any local ``.txt`` file.
+
+The course protocol (also used by the reference numbers in the issues):
+- the text: pydoc topics in sorted key order, joined by blank lines,
+  tokenized without special tokens;
+- calibration windows: consecutive windows from the *start* of the text;
+- evaluation windows: consecutive windows from the *middle* token onwards.
+So calibration and evaluation never overlap, by construction (and checked).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from datasets import Dataset, load_dataset
+
+SOURCES = ("pydoc", "wikitext")
+
+
+def text_dataset(source: str = "pydoc") -> Dataset:
+    """A ``datasets.Dataset`` with one ``text`` column, from a named source or a file path."""
+    if source == "pydoc":
+        from pydoc_data.topics import topics
+
+        return Dataset.from_dict({"text": [topics[key] for key in sorted(topics)]})
+    if source == "wikitext":
+        return load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
+    path = Path(source)
+    if path.is_file():
+        return load_dataset("text", data_files=str(path), sample_by="document", split="train")
+    raise ValueError(
+        f"Unknown text source '{source}': use 'pydoc' (offline), 'wikitext' (needs the "
+        "internet once) or the path of a local .txt file."
+    )
+
+
+@lru_cache(maxsize=4)
+def load_text(source: str = "pydoc") -> str:
+    """The whole source as one string, documents separated by a blank line."""
+    return "\n\n".join(text_dataset(source)["text"])
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Token windows of one text: ``eval`` and ``calib`` are (n, seq_len) LongTensors.
+
+    ``eval_spans`` / ``calib_spans`` give each window's [start, end) offsets in
+    the tokenized text, so anyone can check they never overlap.
+    """
+
+    eval: torch.Tensor
+    calib: torch.Tensor
+    eval_spans: tuple[tuple[int, int], ...]
+    calib_spans: tuple[tuple[int, int], ...]
+    total_tokens: int
+
+    @property
+    def eval_tokens(self) -> int:
+        """Tokens whose probability enters the perplexity (the first of each window has none)."""
+        return self.eval.shape[0] * (self.eval.shape[1] - 1)
+
+
+def make_windows(tokenizer, text: str, seq_len: int = 256, n_eval: int = 16, n_calib: int = 32,
+                 add_bos: bool = False) -> Windows:
+    """Cut ``text`` into calibration windows (from the start) and evaluation windows (from the middle).
+
+    With ``add_bos`` every window begins with the BOS token (Gemma needs it), and
+    carries ``seq_len - 1`` text tokens.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len}: a window needs at least 2 tokens to predict one.")
+    if n_eval < 1 or n_calib < 0:
+        raise ValueError(f"n_eval={n_eval}, n_calib={n_calib}: need n_eval >= 1 and n_calib >= 0.")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    step = seq_len - 1 if add_bos else seq_len
+    middle = len(ids) // 2
+    if n_calib * step > middle or middle + n_eval * step > len(ids):
+        raise ValueError(
+            f"The text has {len(ids)} tokens: too short for {n_calib} calibration and {n_eval} "
+            f"evaluation windows of {seq_len} tokens (each half of the text must hold its windows). "
+            "Ask for fewer or shorter windows, or use a longer text."
+        )
+    calib_spans = tuple((i * step, (i + 1) * step) for i in range(n_calib))
+    eval_spans = tuple((middle + i * step, middle + (i + 1) * step) for i in range(n_eval))
+
+    def stack(spans):
+        rows = [([tokenizer.bos_token_id] if add_bos else []) + ids[a:b] for a, b in spans]
+        return torch.tensor(rows, dtype=torch.long).reshape(len(spans), seq_len)
+
+    return Windows(stack(eval_spans), stack(calib_spans), eval_spans, calib_spans, len(ids))
+
+
+def windows_for(tokenizer, model_name: str, source: str = "pydoc", **kwargs) -> Windows:
+    """``make_windows`` on a named source, adding BOS where the model needs it."""
+    from .models import needs_bos
+
+    kwargs.setdefault("add_bos", needs_bos(model_name))
+    return make_windows(tokenizer, load_text(source), **kwargs)

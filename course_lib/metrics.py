@@ -1,0 +1,133 @@
+"""What a pruned model costs and how well it still predicts.
+
+- ``perplexity``: exp(mean negative log-likelihood of every predicted token).
+- ``count_parameters`` / ``sparsity_report``: parameters, non-zeros, sparsity per layer.
+- ``disk_size``: bytes of the saved weights, dense and compressed (zeros compress).
+- ``flops_per_token``: analytic FLOPs of one token, split by where they go.
+"""
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import arch
+
+
+@torch.no_grad()
+def negative_log_likelihood(model: nn.Module, windows: torch.Tensor,
+                            batch_size: int = 4) -> tuple[float, int]:
+    """Summed NLL (in nats) of every predicted token, and how many tokens were predicted.
+
+    Each window predicts tokens 1..L-1 from the ones before; summing (not
+    averaging per batch) makes the result independent of ``batch_size``.
+    """
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, windows.shape[0], batch_size):
+        batch = windows[start:start + batch_size].to(device)
+        logits = model(batch, use_cache=False).logits[:, :-1].float()
+        targets = batch[:, 1:]
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                 reduction="sum").item()
+        count += targets.numel()
+    return total, count
+
+
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
+    """exp of the mean NLL over every predicted token of every window."""
+    total, count = negative_log_likelihood(model, windows, batch_size)
+    return float(torch.exp(torch.tensor(total / count, dtype=torch.float64)))
+
+
+@dataclass(frozen=True)
+class LayerCount:
+    name: str
+    shape: tuple[int, ...]
+    parameters: int
+    nonzeros: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nonzeros / self.parameters if self.parameters else 0.0
+
+
+def sparsity_report(model: nn.Module) -> list[LayerCount]:
+    """Parameters, non-zeros and sparsity of every prunable decoder weight matrix."""
+    rows = []
+    for name, module in arch.prunable_linears(model).items():
+        weight = arch.weight_matrix(module)
+        rows.append(LayerCount(name, tuple(weight.shape), weight.numel(),
+                               int(torch.count_nonzero(weight))))
+    return rows
+
+
+def total_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over all prunable decoder weights (0 for a dense model)."""
+    rows = sparsity_report(model)
+    params = sum(r.parameters for r in rows)
+    return 1.0 - sum(r.nonzeros for r in rows) / params
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Unique parameters (tied weights counted once), decoder-only ones, and non-zeros."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    decoder = sum(r.parameters for r in sparsity_report(model))
+    return {
+        "total": sum(p.numel() for p in unique),
+        "nonzero": sum(int(torch.count_nonzero(p)) for p in unique),
+        "decoder_linear": decoder,
+    }
+
+
+def disk_size(model: nn.Module, level: int = 6) -> dict[str, int]:
+    """Bytes of the state dict as saved, and after zlib compression.
+
+    Zeros only shrink the file once it is compressed (or stored in a sparse
+    format): the dense file of a 50%-sparse model is exactly as large as before.
+    """
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, buffer)
+    raw = buffer.getvalue()
+    return {"dense_bytes": len(raw), "compressed_bytes": len(zlib.compress(raw, level))}
+
+
+@dataclass(frozen=True)
+class Flops:
+    """Multiply-adds x 2 for one token at a given context length, by component."""
+
+    attention_projections: int
+    attention_scores: int
+    mlp: int
+    lm_head: int
+
+    @property
+    def total(self) -> int:
+        return self.attention_projections + self.attention_scores + self.mlp + self.lm_head
+
+    def shares(self) -> dict[str, float]:
+        return {k: v / self.total for k, v in self.__dict__.items()}
+
+
+def flops_per_token(model: nn.Module, context: int = 256) -> Flops:
+    """Analytic FLOPs of one token attending to ``context`` tokens (2 per multiply-add).
+
+    Projections and MLP count their *current* weight shapes, so a model whose
+    heads or neurons were removed costs less; zeroed weights cost the same
+    (a dense kernel multiplies zeros too). Scores: q.k and attention x v,
+    2 * 2 * heads * head_dim * context.
+    """
+    projections = mlp_flops = scores = 0
+    for index, layer in enumerate(arch.decoder_layers(model)):
+        attn_block, mlp_block = arch.attention(layer), arch.mlp(layer)
+        projections += sum(2 * m.weight.numel() for m in attn_block.modules() if arch.is_linear(m))
+        mlp_flops += sum(2 * m.weight.numel() for m in mlp_block.modules() if arch.is_linear(m))
+        shape = arch.attention_shape(model, index)
+        scores += 2 * 2 * shape.n_heads * shape.head_dim * context
+    vocab, hidden = arch.lm_head_shape(model)
+    return Flops(projections, scores, mlp_flops, 2 * vocab * hidden)

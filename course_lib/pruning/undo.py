@@ -1,0 +1,79 @@
+"""Every prune can be undone, bit for bit, until it is made permanent.
+
+A pruning function records what it is about to change in a ``PruneHandle``
+*before* changing it:
+- ``handle.save_tensor(t)`` before editing a tensor in place (masks, SparseGPT's
+  weight updates): a clone is kept;
+- ``handle.set_attr(obj, name, value)`` instead of ``setattr`` (swapping a sliced
+  Linear into a layer, changing ``num_key_value_groups``): the old value is kept.
+
+``handle.restore()`` puts everything back in reverse order; ``handle.make_permanent()``
+drops the copies (frees memory; no way back after that).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+class PruneHandle:
+    """Remembers the original tensors and attributes that a prune changed."""
+
+    def __init__(self, description: str = "prune"):
+        self.description = description
+        self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._attrs: list[tuple[Any, str, Any]] = []
+        self._seen: set[int] = set()
+        self.permanent = False
+        self.info: dict[str, Any] = {}  # what was pruned (masks, kept indices...), for reports
+
+    def save_tensor(self, tensor: torch.Tensor) -> None:
+        """Keep a copy of ``tensor`` (once) before it is edited in place."""
+        key = id(tensor)
+        if key not in self._seen:
+            self._seen.add(key)
+            self._tensors.append((tensor, tensor.detach().clone()))
+
+    def set_attr(self, obj: Any, name: str, value: Any) -> None:
+        """``setattr(obj, name, value)``, remembering the old value."""
+        self._attrs.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put back every saved tensor and attribute, exactly as they were."""
+        if self.permanent:
+            raise RuntimeError(f"{self.description} was made permanent: there is nothing to restore. "
+                               "Reload the model instead.")
+        for obj, name, old in reversed(self._attrs):
+            setattr(obj, name, old)
+        for tensor, original in reversed(self._tensors):
+            tensor.copy_(original)
+        self._clear()
+
+    def make_permanent(self) -> None:
+        """Forget the originals: the pruned model is now the model."""
+        self._clear()
+        self.permanent = True
+
+    def _clear(self) -> None:
+        self._tensors.clear()
+        self._attrs.clear()
+        self._seen.clear()
+
+    def __repr__(self) -> str:
+        return (f"PruneHandle({self.description!r}, tensors={len(self._tensors)}, "
+                f"attrs={len(self._attrs)}, permanent={self.permanent})")
+
+
+@contextmanager
+def restoring_on_error(handle: PruneHandle):
+    """Run a prune; if it fails half-way, restore what it had already changed and re-raise."""
+    try:
+        yield handle
+    except BaseException:
+        handle.restore()
+        raise

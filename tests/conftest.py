@@ -1,0 +1,32 @@
+"""Shared fixtures: fixed threads and seeds, tiny models, the embedded model loaded once."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from course_lib import data, models
+
+torch.set_num_threads(2)
+
+TINY = list(models.TINY)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of the embedded SmolLM2; tests must leave it unpruned."""
+    return models.load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_windows(smollm2):
+    """Small course-protocol windows for the embedded model: 8 calibration, 4 eval, 128 tokens."""
+    _, tokenizer = smollm2
+    return data.windows_for(tokenizer, "smollm2-135m", seq_len=128, n_eval=4, n_calib=8)
