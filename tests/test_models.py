@@ -1,0 +1,101 @@
+"""Model loading: tiny models, the embedded model and its cache, hub ids offline."""
+import time
+
+import pytest
+import torch
+
+from course_lib import arch, models
+
+
+@pytest.mark.parametrize("name", models.TINY)
+def test_tiny_models_are_deterministic_and_run(name):
+    a, tokenizer = models.load(name)
+    b, _ = models.load(name)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), f"{name}: {ka} differs between two loads"
+    ids = tokenizer("Pruning removes weights.", return_tensors="pt").input_ids
+    assert a(ids).logits.shape == (1, ids.shape[1], models.TINY_VOCAB)
+    assert not a.training
+
+
+def test_byte_tokenizer_round_trips_any_text():
+    tokenizer = models.byte_tokenizer()
+    text = "Größe: 3·10⁹ params — «sparse» ✓\n\tend"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    assert max(ids) < 256 and len(ids) == len(text.encode("utf-8"))
+    assert tokenizer.decode(ids) == text
+
+
+def test_tiny_families_match_their_layouts():
+    expected = {"tiny-gpt2": ("gpt2", 4, 4), "tiny-llama": ("llama", 6, 2),
+                "tiny-qwen2": ("llama", 6, 2), "tiny-gemma3": ("llama", 4, 2)}
+    for name, (fam, heads, kv) in expected.items():
+        model, _ = models.load(name)
+        shape = arch.attention_shape(model, 0)
+        assert (arch.family(model), shape.n_heads, shape.n_kv_heads) == (fam, heads, kv), name
+        names = list(arch.prunable_linears(model))
+        assert names and not any("lm_head" in n or "embed" in n or "wte" in n for n in names)
+
+
+def test_unknown_name_fails_fast_offline_and_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(models.ModelNotAvailableError) as info:
+        models.load("smollm2")
+    assert time.perf_counter() - started < 15
+    message = str(info.value)
+    assert "smollm2-135m" in message and "Did you mean" in message and "gemma3-270m" in message
+
+
+def test_hub_id_offline_fails_fast_and_names_the_embedded_models(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    with pytest.raises(models.ModelNotAvailableError, match="embedded model"):
+        models.load("TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+    assert time.perf_counter() - started < 15
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(models.ModelNotAvailableError, match="no CUDA"):
+        models.load("tiny-llama", device="cuda")
+
+
+@pytest.mark.embedded
+def test_embedded_smollm2_matches_its_published_shape(smollm2):
+    model, tokenizer = smollm2
+    shape = arch.attention_shape(model, 0)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert len(arch.decoder_layers(model)) == 30
+    assert (shape.n_heads, shape.n_kv_heads, shape.head_dim) == (9, 3, 64)
+    assert arch.mlp_width(model, 0) == 1536 and model.config.hidden_size == 576
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    assert next(model.parameters()).dtype == torch.float32
+    text = "The quick brown fox jumps over the lazy dog."
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids) == text
+
+
+@pytest.mark.embedded
+def test_embedded_model_loads_from_cache_in_seconds(smollm2):
+    started = time.perf_counter()
+    model, _ = models.load("smollm2-135m")  # the session fixture already built the cache
+    assert time.perf_counter() - started < 5
+    reference, _ = smollm2
+    assert torch.equal(model.model.layers[3].mlp.up_proj.weight, reference.model.layers[3].mlp.up_proj.weight)
+
+
+@pytest.mark.embedded
+def test_damaged_cache_is_rebuilt_not_half_loaded(tmp_path, monkeypatch, smollm2):
+    import shutil
+
+    source = models.cache_dir() / "smollm2-135m"
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    shutil.copytree(source, tmp_path / "smollm2-135m")
+    weights = tmp_path / "smollm2-135m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: 1000])  # a truncated write
+    with pytest.warns(UserWarning, match="rebuilding"):
+        model, _ = models.load("smollm2-135m")
+    reference, _ = smollm2
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight,
+                       reference.model.layers[0].self_attn.q_proj.weight)
