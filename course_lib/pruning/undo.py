@@ -19,6 +19,9 @@ from typing import Any
 import torch
 
 
+_MISSING = object()  # marks an attribute that did not exist before the prune
+
+
 class PruneHandle:
     """Remembers the original tensors and attributes that a prune changed."""
 
@@ -38,8 +41,8 @@ class PruneHandle:
             self._tensors.append((tensor, tensor.detach().clone()))
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
-        """``setattr(obj, name, value)``, remembering the old value."""
-        self._attrs.append((obj, name, getattr(obj, name)))
+        """``setattr(obj, name, value)``, remembering the old value (or that there was none)."""
+        self._attrs.append((obj, name, getattr(obj, name, _MISSING)))
         setattr(obj, name, value)
 
     @torch.no_grad()
@@ -49,7 +52,10 @@ class PruneHandle:
             raise RuntimeError(f"{self.description} was made permanent: there is nothing to restore. "
                                "Reload the model instead.")
         for obj, name, old in reversed(self._attrs):
-            setattr(obj, name, old)
+            if old is _MISSING:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, old)
         for tensor, original in reversed(self._tensors):
             tensor.copy_(original)
         self._clear()

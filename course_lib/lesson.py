@@ -1,0 +1,78 @@
+"""What every lesson does first, in one call: fix seeds and threads, load the
+model, cut the windows, and say what is running where.
+
+    lesson = start("smollm2-135m")
+    lesson.perplexity()                    # of lesson.model on the eval windows
+    lesson.latency({"dense": dense, "pruned": pruned})   # side by side, ratios
+"""
+from __future__ import annotations
+
+import copy
+import platform
+from dataclasses import dataclass
+
+import torch
+
+from . import data, metrics, models, timing
+from .timing import Measurement
+
+
+@dataclass
+class Lesson:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    windows: data.Windows
+    device: str
+    threads: int
+
+    def perplexity(self, model=None, windows: torch.Tensor | None = None) -> float:
+        """Perplexity on the lesson's eval windows, rounded to 2 decimals (stable across runs)."""
+        value = metrics.perplexity(model or self.model, self.windows.eval if windows is None else windows)
+        return round(value, 2)
+
+    def copy_model(self):
+        """An independent copy (to keep a dense model beside a pruned one)."""
+        return copy.deepcopy(self.model)
+
+    def latency(self, candidates: dict, tokens: int = 128, runs: int = 7,
+                baseline: str | None = None) -> dict[str, Measurement]:
+        """Prefill latency of several models, interleaved run by run; prints ratios to the first."""
+        result = timing.compare_prefill(candidates, tokens=tokens, runs=runs, warmup=2,
+                                        threads=self.threads, device=self.device)
+        base = result[baseline or next(iter(result))]
+        for label, m in result.items():
+            print(f"{label:>24}: {m.median_ms:8.1f} ms (IQR {m.iqr_ms:.1f} ms, {m.runs} runs)  "
+                  f"ratio to {base.label}: {m.ratio_to(base):.2f}x")
+        return result
+
+
+def start(model_name: str = "smollm2-135m", device: str | None = None, seq_len: int = 128,
+          n_eval: int = 8, n_calib: int = 8, threads: int = 2, source: str = "pydoc",
+          seed: int = 0) -> Lesson:
+    """Load ``model_name`` and the course-protocol windows; print what runs where."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    model, tokenizer = models.load(model_name, device=device)
+    device = next(model.parameters()).device.type
+    windows = data.windows_for(tokenizer, model_name, source=source, seq_len=seq_len,
+                               n_eval=n_eval, n_calib=n_calib)
+    params = metrics.count_parameters(model)["total"]
+    print(f"model  : {model_name} ({type(model).__name__}, {params / 1e6:.1f} M parameters, "
+          f"{str(next(model.parameters()).dtype).replace('torch.', '')})")
+    print(f"device : {device}, {threads} CPU threads, torch {torch.__version__.split('+')[0]}")
+    print(f"text   : {source}; eval {n_eval} x {seq_len} tokens from the middle, "
+          f"calibration {n_calib} x {seq_len} from the start (disjoint)")
+    return Lesson(model_name, model, tokenizer, windows, device, threads)
+
+
+def machine() -> str:
+    """One line naming the processor, for benchmark reports."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{name}{gpu}"

@@ -1,0 +1,97 @@
+"""The figures the lessons share. Each returns a small matplotlib Figure."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+SMALL = (6.0, 3.0)  # modest sizes keep the committed notebooks small
+
+
+def weight_histogram(weights: dict[str, torch.Tensor], bins: int = 120, title: str = ""):
+    """Histograms of weight values (e.g. before / after pruning) on a log count scale."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    for label, w in weights.items():
+        values = w.detach().float().flatten().cpu().numpy()
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{label} ({np.mean(values == 0):.0%} zeros)")
+    ax.set(yscale="log", xlabel="weight value", ylabel="count", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def mask_image(mask: torch.Tensor, title: str = "", rows: int = 32, cols: int = 64):
+    """The top-left corner of a keep-mask: white = kept, black = pruned."""
+    fig, ax = plt.subplots(figsize=(6.0, 3.2))
+    ax.imshow(mask[:rows, :cols].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set(title=title, xlabel="input column", ylabel="output row")
+    fig.tight_layout()
+    return fig
+
+
+def heatmap(scores: np.ndarray, title: str = "", xlabel: str = "head", ylabel: str = "layer",
+            marked: dict[int, Sequence[int]] | None = None, cmap: str = "viridis"):
+    """A layers x heads grid (e.g. head importance); ``marked`` cells get an x."""
+    scores = np.asarray(scores)
+    fig, ax = plt.subplots(figsize=(max(3.0, 0.45 * scores.shape[1] + 1.8),
+                                    max(2.5, 0.16 * scores.shape[0] + 1.0)))
+    image = ax.imshow(scores, aspect="auto", cmap=cmap)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    for layer, heads in (marked or {}).items():
+        for head in heads:
+            ax.text(head, layer, "x", ha="center", va="center", color="red", fontsize=8)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    fig.tight_layout()
+    return fig
+
+
+def curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str,
+           title: str = "", logy: bool = False, reference: dict[str, Sequence[float]] | None = None):
+    """Lines of y against x, one per method; ``reference`` lines are dashed (e.g. the ideal)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    for label, y in series.items():
+        ax.plot(x, y, "o-", label=label)
+    for label, y in (reference or {}).items():
+        ax.plot(x, y, "--", color="grey", label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logy:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bars(values: dict[str, float], ylabel: str, title: str = "", reference: float | None = None):
+    """One bar per label, with an optional horizontal reference line (e.g. dense = 1.0)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    ax.bar(list(values), list(values.values()), color="#4c72b0")
+    if reference is not None:
+        ax.axhline(reference, color="grey", lw=1, ls="--")
+    for i, v in enumerate(values.values()):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def stacked_shares(shares: dict[str, dict[str, float]], title: str = ""):
+    """Where the FLOPs go: one stacked bar per model, parts summing to 1 (or to the model's cost)."""
+    fig, ax = plt.subplots(figsize=SMALL)
+    labels = list(shares)
+    parts = list(next(iter(shares.values())))
+    bottom = np.zeros(len(labels))
+    for part in parts:
+        values = np.array([shares[label][part] for label in labels])
+        ax.bar(labels, values, bottom=bottom, label=part)
+        bottom += values
+    ax.set(ylabel="share of dense FLOPs per token", title=title)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,226 @@
+"""Saving and loading pruned models.
+
+``from_pretrained`` builds every layer from one config, so it cannot load a model
+whose layers have different head counts or MLP widths. A pruned model is saved
+as a *recipe* instead:
+
+- ``manifest.json``: the base model's course name (``model.course_name``), its
+  config, and what each layer kept (original head / neuron indices), plus the
+  unstructured sparsity;
+- ``model.safetensors``: every weight, as it is now (zeros included);
+- ``tokenizer/``: the tokenizer.
+
+``load_pruned`` loads the base model by name, removes the same heads and neurons
+(so every matrix has the saved shape), then loads the saved weights strictly:
+any missing, extra or misshapen tensor is an error, never a silent mismatch.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from .. import arch, metrics, models
+from .heads import kept_heads, remove_heads
+from .mlp import kept_neurons, remove_neurons
+from .undo import PruneHandle
+
+FORMAT = "course-pruned-v1"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer"
+
+# config keys that must agree between the saved model and the base reloaded by name
+_CHECKED_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "n_layer",
+                 "n_embd", "num_attention_heads", "n_head", "num_key_value_heads",
+                 "intermediate_size", "n_inner", "head_dim")
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON-safe copy of handle.info: tensors and arrays become a short description."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    shape = getattr(value, "shape", None)
+    return f"<{type(value).__name__}{' ' + str(tuple(shape)) if shape is not None else ''}>"
+
+
+def _dump(manifest: dict) -> str:
+    """JSON with one top-level key per line (long index lists stay on their line)."""
+    lines = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in manifest.items()]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
+def _base_shapes(config) -> tuple[int, int]:
+    """(heads, MLP width) of every layer of the unpruned model."""
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) \
+        or 4 * config.hidden_size
+    return config.num_attention_heads, width
+
+
+def structure(model: nn.Module) -> dict[str, dict[str, list[int]]]:
+    """What each pruned layer kept, in original indices: ``{"heads": {...}, "neurons": {...}}``.
+
+    Only layers changed by ``remove_heads`` / ``remove_neurons`` appear. A model
+    whose shapes changed some other way is refused: it could not be rebuilt.
+    """
+    n_heads, width = _base_shapes(model.config)
+    heads = {str(i): k for i, k in kept_heads(model).items() if k is not None}
+    neurons = {str(i): k for i, k in kept_neurons(model).items() if k is not None}
+    for i in range(len(arch.decoder_layers(model))):
+        now_heads = arch.attention_shape(model, i).n_heads
+        now_width = arch.mlp_width(model, i)
+        if len(heads.get(str(i), range(n_heads))) != now_heads or \
+                len(neurons.get(str(i), range(width))) != now_width:
+            raise ValueError(f"layer {i} has {now_heads} heads and {now_width} MLP neurons, which "
+                             "the course's remove_heads/remove_neurons did not produce: "
+                             "save_pruned cannot record how to rebuild it.")
+    return {"heads": heads, "neurons": neurons}
+
+
+def _manifest(model: nn.Module, handle_or_manifest) -> dict:
+    name = getattr(model, "course_name", None)
+    if name is None:
+        raise ValueError("the model has no course_name: load it with course_lib.models.load(name) "
+                         "(or set model.course_name to the name it was loaded by), so that "
+                         "load_pruned knows which base model to rebuild.")
+    kept = structure(model)
+    n_layers = len(arch.decoder_layers(model))
+    sparsity = metrics.total_sparsity(model)
+    kind = "structured" if kept["heads"] or kept["neurons"] else (
+        "unstructured" if sparsity > 0 else "dense")
+    manifest = {
+        "format": FORMAT,
+        "base_model": name,
+        "kind": kind,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "attn_implementation": model.config._attn_implementation,
+        "config": json.loads(model.config.to_json_string(use_diff=False)),
+        "kept_heads": kept["heads"],
+        "kept_neurons": kept["neurons"],
+        "unstructured": {"sparsity": sparsity},
+        # for people reading the file; load_pruned checks these after rebuilding
+        "heads_per_layer": [arch.attention_shape(model, i).n_heads for i in range(n_layers)],
+        "kv_heads_per_layer": [arch.attention_shape(model, i).n_kv_heads for i in range(n_layers)],
+        "mlp_width_per_layer": [arch.mlp_width(model, i) for i in range(n_layers)],
+        "weights": WEIGHTS,
+    }
+    if isinstance(handle_or_manifest, PruneHandle):
+        manifest["prune"] = {"description": handle_or_manifest.description,
+                             "info": _jsonable(handle_or_manifest.info)}
+    elif isinstance(handle_or_manifest, dict):
+        manifest["notes"] = _jsonable(handle_or_manifest)
+    elif handle_or_manifest is not None:
+        raise TypeError("handle_or_manifest must be a PruneHandle, a dict of notes or None, "
+                        f"got {type(handle_or_manifest).__name__}.")
+    return manifest
+
+
+def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=None) -> Path:
+    """Write ``folder`` = manifest + safetensors weights (+ tokenizer), atomically.
+
+    Everything is written into a temporary folder next to ``folder`` and renamed
+    into place at the end, so an interrupted save leaves either the previous
+    save or nothing -- never a folder that loads wrong. An existing ``folder``
+    is replaced only if it is itself a save (holds a manifest).
+    """
+    folder = Path(folder).expanduser().absolute()
+    if folder.exists() and not (folder / MANIFEST).is_file() and \
+            (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"{folder} exists and is not a saved pruned model (no {MANIFEST}); "
+                         "choose a new folder, or delete this one yourself.")
+    manifest = _manifest(model, handle_or_manifest)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
+    try:
+        save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})  # tied weights once
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging / TOKENIZER)
+        manifest["tokenizer"] = tokenizer is not None
+        (staging / MANIFEST).write_text(_dump(manifest))  # written last: marks the save complete
+        if folder.exists():
+            # rename(2) cannot replace a non-empty folder: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+            os.replace(folder, old)
+            try:
+                os.replace(staging, folder)
+            except BaseException:
+                os.replace(old, folder)  # put the previous save back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # only left if something failed
+    return folder
+
+
+def read_manifest(folder) -> dict:
+    """The manifest of a save, with a clear error when ``folder`` is not one."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {folder} is not a folder written by "
+                                "save_pruned (or the save was interrupted).")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}.")
+    return manifest
+
+
+def _check_base(model: nn.Module, manifest: dict) -> None:
+    now = json.loads(model.config.to_json_string(use_diff=False))
+    saved = manifest["config"]
+    for key in _CHECKED_KEYS:
+        if key in saved and now.get(key) != saved[key]:
+            raise ValueError(f"base model {manifest['base_model']!r} now has {key}={now.get(key)!r}, "
+                             f"but the save was made with {key}={saved[key]!r}: it cannot be "
+                             "rebuilt from this base model.")
+
+
+def load_pruned(folder, device: str | None = None, attn_implementation: str | None = None):
+    """``(model, tokenizer)`` from a ``save_pruned`` folder, identical to what was saved."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    model, tokenizer = models.load(
+        manifest["base_model"], device=device, dtype=getattr(torch, manifest["dtype"]),
+        attn_implementation=attn_implementation or manifest.get("attn_implementation"))
+    _check_base(model, manifest)
+    n_heads, width = _base_shapes(model.config)
+    # Rebuild the structure: remove what was not kept (original indices).
+    drop_heads = {int(i): sorted(set(range(n_heads)) - set(k))
+                  for i, k in manifest["kept_heads"].items()}
+    drop_neurons = {int(i): sorted(set(range(width)) - set(k))
+                    for i, k in manifest["kept_neurons"].items()}
+    remove_heads(model, drop_heads).make_permanent()
+    remove_neurons(model, drop_neurons).make_permanent()
+    n_layers = len(arch.decoder_layers(model))
+    rebuilt = ([arch.attention_shape(model, i).n_heads for i in range(n_layers)],
+               [arch.mlp_width(model, i) for i in range(n_layers)])
+    if rebuilt != (manifest["heads_per_layer"], manifest["mlp_width_per_layer"]):
+        raise ValueError(f"{folder}: rebuilding gave heads {rebuilt[0]} and widths {rebuilt[1]}, "
+                         f"but the manifest says {manifest['heads_per_layer']} and "
+                         f"{manifest['mlp_width_per_layer']}: the manifest is damaged.")
+    device_now = next(model.parameters()).device
+    try:
+        # strict: every tensor must be there with its exact shape
+        load_model(model, str(folder / manifest["weights"]), strict=True, device=str(device_now))
+    except RuntimeError as err:
+        raise ValueError(f"{folder}: the saved weights do not fit the rebuilt model ({err}). "
+                         "Were the manifest and the weights written by different saves?") from err
+    model.eval()
+    if manifest.get("tokenizer") and (folder / TOKENIZER).is_dir():
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
+    return model, tokenizer

@@ -1,0 +1,204 @@
+"""MLP-neuron pruning: switch hidden units off (zeroing) or cut them out (removal).
+
+An MLP block maps the hidden state ``x`` to ``width`` hidden units and back::
+
+    GPT-2:           h = act(W_fc x + b_fc)                 out = W_proj h + b_proj
+    Llama and co.:   h = act(W_gate x) * (W_up x)           out = W_down h
+
+The way back is linear: ``out = sum_j W_down[:, j] * h_j (+ b)``. So
+
+- **zeroing** column ``j`` of the down projection (GPT-2: row ``j`` of the
+  transposed ``c_proj`` weight) removes neuron ``j``'s contribution exactly,
+  whatever ``h_j`` is -- ``zero_neurons``;
+- **removing** neuron ``j`` deletes that column *and* the row(s) that compute
+  ``h_j`` (``c_fc`` column and bias entry; ``gate_proj`` and ``up_proj`` rows),
+  giving smaller matrices with the same logits -- ``remove_neurons``.
+
+The output bias (``b_proj``) is shared by all neurons and kept in both cases.
+Neuron sets are written ``{layer_index: [neuron indices]}``, counted in the model
+as it is now.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import arch
+from .heads import _current_kept, _rows, _windows_tensor, check_request, record_kept, slice_linear
+from .undo import PruneHandle, restoring_on_error
+
+KEPT_NEURONS_ATTR = "course_kept_neurons"
+
+
+def _down(model: nn.Module, block: nn.Module) -> nn.Module:
+    """The projection back to the residual stream (reads the hidden units)."""
+    return block.c_proj if arch.family(model) == "gpt2" else block.down_proj
+
+
+def _check_neurons(model: nn.Module, neurons) -> dict[int, list[int]]:
+    return check_request(model, neurons, "neuron", lambda i: arch.mlp_width(model, i))
+
+
+@torch.no_grad()
+def zero_neurons(model: nn.Module, neurons) -> PruneHandle:
+    """Switch neurons off by zeroing the weights that read them on the way back.
+
+    That alone is exact (see the module docstring): the neuron still computes its
+    activation, but nothing downstream sees it. Zeroing every neuron of a layer is
+    allowed here (the MLP then adds only its output bias); ``remove_neurons``
+    refuses it.
+    """
+    neurons = _check_neurons(model, neurons)
+    handle = PruneHandle("zero neurons")
+    layers = arch.decoder_layers(model)
+    with restoring_on_error(handle):
+        for layer, chosen in neurons.items():
+            if not chosen:
+                continue
+            down = _down(model, arch.mlp(layers[layer]))
+            handle.save_tensor(down.weight.data)
+            cols = torch.as_tensor(chosen, dtype=torch.long, device=down.weight.device)
+            arch.weight_matrix(down)[:, cols] = 0  # Conv1D: a transposed view, writes through
+    handle.info = {"kind": "neurons", "mode": "zero", "neurons": neurons}
+    return handle
+
+
+@torch.no_grad()
+def remove_neurons(model: nn.Module, neurons) -> PruneHandle:
+    """Cut neurons out: narrower up/gate (or c_fc) outputs and down (or c_proj) inputs.
+
+    New, smaller modules holding the kept rows/columns (and bias entries) are
+    swapped in through the handle; ``restore`` swaps the originals back. The
+    logits equal ``zero_neurons`` on the same set.
+    """
+    neurons = _check_neurons(model, neurons)
+    for layer, chosen in neurons.items():
+        width = arch.mlp_width(model, layer)
+        if len(chosen) >= width:
+            raise ValueError(f"layer {layer}: removing all {width} MLP neurons would leave an "
+                             "MLP with no hidden units; a layer keeps at least one neuron. "
+                             "(zero_neurons accepts all of them, to see the layer without its MLP.)")
+    handle = PruneHandle("remove neurons")
+    layers = arch.decoder_layers(model)
+    kept_original: dict[int, list[int]] = {}
+    with restoring_on_error(handle):
+        for layer, chosen in neurons.items():
+            if not chosen:
+                continue
+            block = arch.mlp(layers[layer])
+            width = arch.mlp_width(model, layer)
+            dropped = set(chosen)
+            keep = [j for j in range(width) if j not in dropped]
+            original = _current_kept(block, KEPT_NEURONS_ATTR, width)
+            idx = _rows(keep, 1, _down(model, block).weight.device)
+            if arch.family(model) == "gpt2":
+                handle.set_attr(block, "c_fc", slice_linear(block.c_fc, keep_out=idx))
+                handle.set_attr(block, "c_proj", slice_linear(block.c_proj, keep_in=idx))
+            else:
+                # gate and up compute the same neurons (multiplied together): same rows
+                handle.set_attr(block, "gate_proj", slice_linear(block.gate_proj, keep_out=idx))
+                handle.set_attr(block, "up_proj", slice_linear(block.up_proj, keep_out=idx))
+                handle.set_attr(block, "down_proj", slice_linear(block.down_proj, keep_in=idx))
+                if hasattr(block, "intermediate_size"):  # informative; forward does not read it
+                    handle.set_attr(block, "intermediate_size", len(keep))
+            kept_original[layer] = [original[j] for j in keep]
+            record_kept(handle, block, KEPT_NEURONS_ATTR, kept_original[layer])
+    handle.info = {"kind": "neurons", "mode": "remove", "neurons": neurons,
+                   "kept_original_neurons": kept_original}
+    return handle
+
+
+# --------------------------------------------------------------- importance --
+
+@torch.no_grad()
+def neuron_importance_weight_norm(model: nn.Module) -> list[torch.Tensor]:
+    """Per layer, a score per neuron: product of the norms of its weights in and out.
+
+    A neuron's write to the residual stream is ``W_down[:, j] * h_j`` and ``h_j``
+    grows with the rows that compute it, so the score is
+    ``||W_down[:, j]|| * ||W_up[j]|| * ||W_gate[j]||`` (GPT-2:
+    ``||W_proj[:, j]|| * ||W_fc[j]||``). Free, but blind to the data: a neuron
+    with big weights may rarely fire. ``neuron_importance_activation`` looks.
+    """
+    scores = []
+    for block in (arch.mlp(layer) for layer in arch.decoder_layers(model)):
+        score = arch.weight_matrix(_down(model, block)).float().norm(dim=0)
+        inputs = [block.c_fc] if arch.family(model) == "gpt2" else [block.up_proj, block.gate_proj]
+        for module in inputs:
+            score = score * arch.weight_matrix(module).float().norm(dim=1)
+        scores.append(score.cpu())
+    return scores
+
+
+@torch.no_grad()
+def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
+                                 batch_size: int = 4) -> list[torch.Tensor]:
+    """Per layer, the mean |activation| of each hidden unit over the calibration windows.
+
+    A forward pre-hook on the down projection sees exactly the hidden units
+    ``h`` it reads (after the activation and, for Llama, the gate product).
+    Multiply by ``W_down``'s column norms for a Wanda-like score.
+    """
+    windows = _windows_tensor(windows)
+    layers = arch.decoder_layers(model)
+    sums = [None] * len(layers)
+    tokens = 0
+
+    def make_hook(i):
+        def hook(module, args):
+            h = args[0].detach().float().abs()
+            total = h.reshape(-1, h.shape[-1]).sum(dim=0)
+            sums[i] = total if sums[i] is None else sums[i] + total
+        return hook
+
+    hooks = [_down(model, arch.mlp(block)).register_forward_pre_hook(make_hook(i))
+             for i, block in enumerate(layers)]
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, windows.shape[0], batch_size):
+            batch = windows[start:start + batch_size].to(device)
+            model(batch, use_cache=False)
+            tokens += batch.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+    return [(s / tokens).cpu() for s in sums]
+
+
+def least_important_neurons(scores, fraction: float, per_layer: bool = True) -> dict[int, list[int]]:
+    """The lowest-scoring ``fraction`` of neurons, as a ``{layer: [neurons]}`` request.
+
+    ``per_layer=True`` (default) removes the same fraction from every layer;
+    ``False`` ranks all neurons of the model together (scores must then be
+    comparable across layers). Every layer keeps at least one neuron.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"fraction={fraction}: must be in [0, 1) (every layer keeps a neuron).")
+    scores = [torch.as_tensor(np.asarray(s), dtype=torch.float64).reshape(-1) for s in scores]
+    chosen: dict[int, list[int]] = {}
+    if per_layer:
+        for layer, s in enumerate(scores):
+            k = min(round(fraction * s.numel()), s.numel() - 1)
+            chosen[layer] = torch.argsort(s, stable=True)[:k].tolist()
+    else:
+        flat = torch.cat(scores)
+        owner = torch.cat([torch.full((s.numel(),), i) for i, s in enumerate(scores)])
+        local = torch.cat([torch.arange(s.numel()) for s in scores])
+        target = round(fraction * flat.numel())
+        left = [s.numel() for s in scores]
+        for pos in torch.argsort(flat, stable=True).tolist():
+            if target == 0:
+                break
+            layer = int(owner[pos])
+            if left[layer] > 1:  # never the last neuron of a layer
+                chosen.setdefault(layer, []).append(int(local[pos]))
+                left[layer] -= 1
+                target -= 1
+    return {layer: sorted(ix) for layer, ix in chosen.items() if ix}
+
+
+def kept_neurons(model: nn.Module) -> dict[int, list[int] | None]:
+    """Per layer, the original neuron indices still present (None: never pruned)."""
+    return {i: getattr(arch.mlp(block), KEPT_NEURONS_ATTR, None)
+            for i, block in enumerate(arch.decoder_layers(model))}
