@@ -12,7 +12,7 @@ TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast lab sync execute bench bench-peers clean help
+.PHONY: install run test test-fast lab sync execute bench bench-peers present student clean help
 
 help:
 	@echo "make run      execute every lesson into build/ and print the summary table"
@@ -21,6 +21,8 @@ help:
 	@echo "make sync     keep notebooks/*.py and *.ipynb in sync (jupytext)"
 	@echo "make execute  re-execute the notebooks in place (refresh stored outputs)"
 	@echo "make bench    the speed and quality benchmark -> bench/results.md"
+	@echo "make present  the presenter dashboard (Voila) on http://localhost:$(PORT)/"
+	@echo "make student  the student edition (solutions stubbed, outputs cleared) in build/student/"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +41,16 @@ $(STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 
 install: $(STAMP)
 
+# Convert the embedded models' GGUF files into the cache once (20-70 s the first
+# time, a second later), so no lesson's output shows the conversion.
+WARM := $(PY) -m course_lib info smollm2-135m >/dev/null && $(PY) -m course_lib info gemma3-270m >/dev/null
+
 run: $(STAMP)
+	$(WARM)
 	$(PY) -m course_lib.run_all --out build
 
 test: $(STAMP)
+	$(WARM)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests \
 	  $(if $(wildcard notebooks/*.ipynb),--nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg,)
 
@@ -56,10 +64,19 @@ sync: $(STAMP)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
 
 execute: $(STAMP)
+	$(WARM)
 	$(PY) -m course_lib.run_all --in-place
 
 bench: $(STAMP)
 	$(PY) -m course_lib bench --out bench
+
+# The presenter dashboard: the five explorers, code hidden, large type (presenter/README.md).
+PORT ?= 8866
+present: $(STAMP)
+	$(PY) -m course_lib.presenter --port $(PORT)
+
+student: $(STAMP)
+	$(PY) -m course_lib.student --out build/student
 
 clean:
 	rm -rf build

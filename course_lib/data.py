@@ -18,9 +18,18 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+import datasets
 from datasets import Dataset, load_dataset
 
-SOURCES = ("pydoc", "wikitext")
+datasets.disable_progress_bars()  # keep the lessons' outputs clean
+
+SOURCES = ("pydoc", "python-source", "wikitext")
+
+# A second offline text, deliberately of another kind: Python source code of
+# standard-library modules (lesson 5 calibrates on one text and evaluates on both).
+SOURCE_MODULES = ("argparse", "dataclasses", "enum", "fractions", "functools", "statistics",
+                  "textwrap", "string", "shlex", "pprint", "heapq", "bisect", "csv", "json.decoder",
+                  "json.encoder", "calendar", "difflib", "ipaddress")
 
 
 def text_dataset(source: str = "pydoc") -> Dataset:
@@ -29,14 +38,20 @@ def text_dataset(source: str = "pydoc") -> Dataset:
         from pydoc_data.topics import topics
 
         return Dataset.from_dict({"text": [topics[key] for key in sorted(topics)]})
+    if source == "python-source":
+        import importlib
+        import inspect
+
+        return Dataset.from_dict({"text": [inspect.getsource(importlib.import_module(name))
+                                           for name in SOURCE_MODULES]})
     if source == "wikitext":
         return load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     path = Path(source)
     if path.is_file():
         return load_dataset("text", data_files=str(path), sample_by="document", split="train")
     raise ValueError(
-        f"Unknown text source '{source}': use 'pydoc' (offline), 'wikitext' (needs the "
-        "internet once) or the path of a local .txt file."
+        f"Unknown text source '{source}': use 'pydoc' (English prose, offline), 'python-source' "
+        "(Python code, offline), 'wikitext' (needs the internet once) or the path of a local .txt file."
     )
 
 

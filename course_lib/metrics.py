@@ -131,3 +131,21 @@ def flops_per_token(model: nn.Module, context: int = 256) -> Flops:
         scores += 2 * 2 * shape.n_heads * shape.head_dim * context
     vocab, hidden = arch.lm_head_shape(model)
     return Flops(projections, scores, mlp_flops, 2 * vocab * hidden)
+
+
+def storage_bytes(model: nn.Module, value_bytes: int = 4) -> dict[str, int]:
+    """Bytes to store the decoder weights in three formats, from their non-zero counts.
+
+    - ``dense``: every value, zeros included;
+    - ``csr``: non-zeros plus a 32-bit column index each, plus row pointers;
+    - ``bitmask``: non-zeros plus one bit per position saying "kept".
+    At 50% sparsity CSR saves *nothing* (the index is as large as the value it
+    replaces); a bitmask saves ~47%. Zeros only pay off on disk in the right format.
+    """
+    rows = sparsity_report(model)
+    numel = sum(r.parameters for r in rows)
+    nnz = sum(r.nonzeros for r in rows)
+    row_pointers = sum((r.shape[0] + 1) * 4 for r in rows)
+    return {"dense": numel * value_bytes,
+            "csr": nnz * (value_bytes + 4) + row_pointers,
+            "bitmask": nnz * value_bytes + (numel + 7) // 8}

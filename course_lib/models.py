@@ -29,6 +29,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()  # no progress widgets in the lessons' outputs
 
 
 class ModelNotAvailableError(RuntimeError):

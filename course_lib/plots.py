@@ -1,15 +1,23 @@
-"""The figures the lessons share. Each returns a small matplotlib Figure."""
+"""The figures the lessons share. Each returns a small matplotlib Figure.
+
+Figures are closed as soon as they are built, so a notebook shows each one
+once: where the cell returns it (or ``display(fig)``), not again at cell end.
+"""
 from __future__ import annotations
 
 from typing import Sequence
-
-import matplotlib
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
 SMALL = (6.0, 3.0)  # modest sizes keep the committed notebooks small
+
+
+def _finish(fig):
+    fig.tight_layout()
+    plt.close(fig)  # shown once, where the notebook returns it
+    return fig
 
 
 def weight_histogram(weights: dict[str, torch.Tensor], bins: int = 120, title: str = ""):
@@ -20,8 +28,7 @@ def weight_histogram(weights: dict[str, torch.Tensor], bins: int = 120, title: s
         ax.hist(values, bins=bins, alpha=0.55, label=f"{label} ({np.mean(values == 0):.0%} zeros)")
     ax.set(yscale="log", xlabel="weight value", ylabel="count", title=title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def mask_image(mask: torch.Tensor, title: str = "", rows: int = 32, cols: int = 64):
@@ -30,8 +37,7 @@ def mask_image(mask: torch.Tensor, title: str = "", rows: int = 32, cols: int = 
     ax.imshow(mask[:rows, :cols].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     ax.set(title=title, xlabel="input column", ylabel="output row")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def heatmap(scores: np.ndarray, title: str = "", xlabel: str = "head", ylabel: str = "layer",
@@ -46,8 +52,7 @@ def heatmap(scores: np.ndarray, title: str = "", xlabel: str = "head", ylabel: s
         for head in heads:
             ax.text(head, layer, "x", ha="center", va="center", color="red", fontsize=8)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str,
@@ -63,8 +68,7 @@ def curves(x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, 
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def bars(values: dict[str, float], ylabel: str, title: str = "", reference: float | None = None):
@@ -77,8 +81,7 @@ def bars(values: dict[str, float], ylabel: str, title: str = "", reference: floa
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
     ax.set(ylabel=ylabel, title=title)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish(fig)
 
 
 def stacked_shares(shares: dict[str, dict[str, float]], title: str = ""):
@@ -93,5 +96,4 @@ def stacked_shares(shares: dict[str, dict[str, float]], title: str = ""):
         bottom += values
     ax.set(ylabel="share of dense FLOPs per token", title=title)
     ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    return fig
+    return _finish(fig)

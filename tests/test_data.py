@@ -59,3 +59,11 @@ def test_local_text_file_goes_through_the_same_path(tmp_path, byte_tok):
     assert "second line" in text
     w = data.make_windows(byte_tok, text, seq_len=16, n_eval=2, n_calib=2)
     assert w.eval.dtype == torch.long
+
+
+def test_python_source_is_a_second_offline_text_of_another_kind(byte_tok):
+    code = data.load_text("python-source")
+    assert len(code) > 200_000 and "def " in code and "class " in code
+    prose_windows = data.make_windows(byte_tok, data.load_text("pydoc"), seq_len=32, n_eval=1, n_calib=1)
+    code_windows = data.make_windows(byte_tok, code, seq_len=32, n_eval=1, n_calib=1)
+    assert not torch.equal(prose_windows.eval, code_windows.eval)

@@ -393,3 +393,43 @@ def test_smollm2_group_removal_and_mlp_removal_equal_zeroing(smollm2, smollm2_wi
         for handle in reversed(handles):
             handle.restore()
     assert arch.mlp_width(model, 0) == 1536 and arch.attention_shape(model, 3).n_heads == 9
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_contribution_score_is_the_norm_of_what_zeroing_removes(name):
+    model, tok = models.load(name)
+    windows = torch.randint(0, 256, (2, 12))
+    scores = H.head_importance_contribution(model, windows)
+    shape = arch.attention_shape(model, 1)
+    assert scores.shape == (2, shape.n_heads) and (scores > 0).all()
+    # the score of head h = mean over tokens of |attention output with only h| - checked via zeroing:
+    # zeroing every other head leaves exactly head h's contribution at o_proj's output
+    layer, head = 1, 2
+    others = [h for h in range(shape.n_heads) if h != head]
+    out_proj = H._out_proj(model, arch.attention(arch.decoder_layers(model)[layer]))
+    seen = []
+    hook = out_proj.register_forward_hook(lambda m, a, out: seen.append(out.reshape(-1, out.shape[-1])))
+    handle = H.zero_heads(model, {layer: others})
+    try:
+        with torch.no_grad():
+            model(windows)
+    finally:
+        handle.restore()
+        hook.remove()
+    contribution = seen[0]
+    bias = getattr(out_proj, "bias", None)
+    if bias is not None:
+        contribution = contribution - bias
+    assert scores[layer, head] == pytest.approx(contribution.norm(dim=-1).mean().item(), rel=1e-4)
+
+
+def test_least_important_groups_takes_whole_groups_that_remove_heads_accepts():
+    model, _ = models.load("tiny-llama")  # 6 heads in 2 groups of 3
+    scores = np.array([[5, 5, 5, 1, 1, 1], [1, 0, 1, 9, 9, 9]], dtype=float)
+    request = H.least_important_groups(scores, 1, model)
+    assert request == {0: [3, 4, 5], 1: [0, 1, 2]}
+    handle = H.remove_heads(model, request)
+    assert arch.attention_shape(model, 0).n_kv_heads == 1
+    handle.restore()
+    with pytest.raises(ValueError, match="keeps one"):
+        H.least_important_groups(scores, 2, model)

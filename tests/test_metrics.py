@@ -84,3 +84,18 @@ def test_smollm2_perplexity_on_prose_is_sane(smollm2, smollm2_windows):
     model, _ = smollm2
     ppl = metrics.perplexity(model, smollm2_windows.eval)
     assert 5 < ppl < 60
+
+
+def test_storage_formats_follow_the_nonzero_count():
+    model, _ = models.load("tiny-llama")
+    dense = metrics.storage_bytes(model)
+    numel = sum(r.parameters for r in metrics.sparsity_report(model))
+    assert dense["dense"] == 4 * numel
+    assert dense["csr"] > dense["dense"]  # no zeros: the index is pure overhead
+    with torch.no_grad():
+        for module in arch.prunable_linears(model).values():
+            module.weight[:, ::2] = 0  # exactly half
+    half = metrics.storage_bytes(model)
+    assert half["dense"] == dense["dense"]
+    assert half["bitmask"] == 2 * numel + (numel + 7) // 8
+    assert abs(half["csr"] - dense["dense"]) < 0.05 * dense["dense"]  # 50%: CSR saves about nothing

@@ -388,6 +388,43 @@ def head_importance_ablation(model: nn.Module, windows: torch.Tensor,
     return _per_layer_table(rows)
 
 
+@torch.no_grad()
+def head_importance_contribution(model: nn.Module, windows: torch.Tensor,
+                                 batch_size: int = 4) -> np.ndarray:
+    """How much each head adds to the residual stream on real text (layers x heads).
+
+    For head ``h`` that is ``W_o[:, slice_h] @ head_h(x)``: exactly what
+    ``zero_heads`` removes. We average its norm over the calibration tokens.
+    One forward pass for all heads: nearly as cheap as the weight norm, but it
+    sees the activations (a head with small weights can still speak loudly).
+    """
+    windows = _windows_tensor(windows)
+    layers = arch.decoder_layers(model)
+    totals = [None] * len(layers)
+    hooks = []
+    for index, block in enumerate(layers):
+        out_proj = _out_proj(model, arch.attention(block))
+        shape = arch.attention_shape(model, index)
+        blocks = arch.weight_matrix(out_proj).float().reshape(-1, shape.n_heads, shape.head_dim)
+
+        def record(_, args, index=index, blocks=blocks, shape=shape):
+            x = args[0].float().reshape(-1, shape.n_heads, shape.head_dim)  # (tokens, head, d)
+            # per head: (tokens, d) @ (d, hidden) -> the head's share of the layer output
+            share = torch.einsum("thd,ohd->tho", x, blocks).norm(dim=-1).sum(0)
+            totals[index] = share if totals[index] is None else totals[index] + share
+
+        hooks.append(out_proj.register_forward_pre_hook(record))
+    try:
+        device = next(model.parameters()).device
+        for start in range(0, windows.shape[0], batch_size):
+            model(windows[start:start + batch_size].to(device), use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    tokens = windows.numel()
+    return _per_layer_table([(t / tokens).tolist() for t in totals])
+
+
 def _group_sizes(model, group_size, n_layers: int) -> list[int]:
     if model is not None:
         return [arch.attention_shape(model, i).group_size for i in range(n_layers)]
@@ -475,6 +512,25 @@ def least_important_heads(scores, fraction: float | None = None, count: int | No
                 chosen.setdefault(layer, []).extend(hs)
                 removed += size
     return {layer: sorted(hs) for layer, hs in sorted(chosen.items()) if hs}
+
+
+def least_important_groups(scores, n_groups: int, model: nn.Module) -> dict[int, list[int]]:
+    """Whole KV groups to remove: per layer, the ``n_groups`` groups whose query heads score least.
+
+    Removing a whole group also removes its key/value head, so it shrinks k_proj
+    and v_proj too: more speed for the same number of query heads.
+    """
+    scores = np.asarray(scores, dtype=float)
+    request = {}
+    for layer in range(scores.shape[0]):
+        shape = arch.attention_shape(model, layer)
+        if not 0 < n_groups < shape.n_kv_heads:
+            raise ValueError(f"n_groups={n_groups}: layer {layer} has {shape.n_kv_heads} KV groups; "
+                             f"remove between 1 and {shape.n_kv_heads - 1} so the layer keeps one.")
+        per_group = np.nansum(scores[layer, :shape.n_heads].reshape(shape.n_kv_heads, shape.group_size), axis=1)
+        groups = sorted(np.argsort(per_group, kind="stable")[:n_groups].tolist())
+        request[layer] = [g * shape.group_size + i for g in groups for i in range(shape.group_size)]
+    return request
 
 
 def kept_heads(model: nn.Module) -> dict[int, list[int] | None]:

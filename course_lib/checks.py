@@ -1,0 +1,192 @@
+"""Exercise checks: run a student's function on cases they cannot see, answer with a hint.
+
+Every check returns a ``CheckResult`` that prints as one line: a pass, or the
+first thing that is wrong, said the way a teaching assistant would say it
+("group 3 of row 0 keeps 3 weights; a 2:4 mask keeps at most 2").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    passed: bool
+    message: str
+
+    def __str__(self) -> str:
+        return ("PASSED: " if self.passed else "NOT YET: ") + self.message
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+def _run(fn: Callable, *args):
+    """Call the student's function; turn a crash into a hint instead of a traceback."""
+    try:
+        return fn(*args), None
+    except NotImplementedError:
+        return None, CheckResult(False, "the function is not written yet (it raises NotImplementedError).")
+    except Exception as err:  # the student's bug, reported as a hint
+        return None, CheckResult(False, f"the function raised {type(err).__name__}: {err}")
+
+
+def _tensor_check(out, expected_shape) -> CheckResult | None:
+    if not isinstance(out, torch.Tensor):
+        return CheckResult(False, f"return a torch.Tensor, not {type(out).__name__}.")
+    if tuple(out.shape) != tuple(expected_shape):
+        return CheckResult(False, f"wrong shape: got {tuple(out.shape)}, expected {tuple(expected_shape)}.")
+    return None
+
+
+# ------------------------------------------------------------- lesson 1: a head's columns
+def check_zero_head(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> CheckResult:
+    """``fn(o_weight, head, head_dim)`` returns a copy of ``o_weight`` with that head's columns zeroed."""
+    generator = torch.Generator().manual_seed(1)
+    for hidden, n_heads, head_dim, head in ((8, 4, 2, 1), (12, 3, 4, 2), (6, 6, 1, 0), (10, 5, 2, 4)):
+        w = torch.randn(hidden, n_heads * head_dim, generator=generator) + 3.0  # no accidental zeros
+        original = w.clone()
+        out, error = _run(fn, w, head, head_dim)
+        if error is not None:
+            return error
+        if (bad := _tensor_check(out, w.shape)) is not None:
+            return bad
+        if not torch.equal(w, original):
+            return CheckResult(False, "the input weight was changed in place: return a modified *copy* "
+                                      "(w.clone()), so the original can be restored.")
+        zero_cols = (out == 0).all(dim=0).nonzero().flatten().tolist()
+        want = list(range(head * head_dim, (head + 1) * head_dim))
+        if zero_cols != want:
+            if zero_cols and len(zero_cols) == head_dim:
+                shift = (zero_cols[0] - want[0]) // head_dim
+                return CheckResult(False, f"you zeroed head {head + shift}'s columns {zero_cols[0]}..{zero_cols[-1]}, "
+                                          f"not head {head}'s ({want[0]}..{want[-1]}): off by {shift} head(s).")
+            if (out == 0).all(dim=1).any():
+                return CheckResult(False, "you zeroed rows; a head is a block of *columns* of o_proj "
+                                          "(the input side, which reads the concatenated heads).")
+            return CheckResult(False, f"zero columns {want[0]}..{want[-1]} (head {head} x head_dim {head_dim}); "
+                                      f"you zeroed {len(zero_cols)} columns.")
+        if not torch.equal(out[:, [c for c in range(w.shape[1]) if c not in want]],
+                           original[:, [c for c in range(w.shape[1]) if c not in want]]):
+            return CheckResult(False, "other heads' columns changed too: only touch the chosen head.")
+    return CheckResult(True, "4 hidden cases: the right block of columns, the input untouched.")
+
+
+# ------------------------------------------------------------- lesson 2: a valid GQA removal
+def check_gqa_choice(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
+    """``fn(n_heads, n_kv_heads, n_remove)`` returns query heads to remove that GQA can accept."""
+    for n_heads, n_kv, n_remove in ((9, 3, 3), (9, 3, 6), (8, 2, 4), (12, 4, 4), (6, 2, 2)):
+        out, error = _run(fn, n_heads, n_kv, n_remove)
+        if error is not None:
+            return error
+        try:
+            heads = sorted(int(h) for h in out)
+        except TypeError:
+            return CheckResult(False, f"return a list of head indices, not {type(out).__name__}.")
+        if len(heads) != n_remove or len(set(heads)) != n_remove:
+            return CheckResult(False, f"asked to remove {n_remove} distinct heads of {n_heads}, got {heads}.")
+        if heads[0] < 0 or heads[-1] >= n_heads:
+            return CheckResult(False, f"head indices run from 0 to {n_heads - 1}; got {heads}.")
+        group = n_heads // n_kv
+        left = [group - sum(1 for h in heads if h // group == g) for g in range(n_kv)]
+        surviving = {n for n in left if n > 0}
+        if len(surviving) > 1:
+            return CheckResult(False, f"with {n_heads} heads and {n_kv} KV heads (groups of {group}), removing "
+                                      f"{heads} leaves groups with {left} query heads: every group that stays "
+                                      "must keep the same number (remove the same count per group, or whole groups).")
+    return CheckResult(True, "5 hidden layouts: every choice keeps the groups even.")
+
+
+# ------------------------------------------------------------- lesson 3: the ideal speedup
+def check_ideal_speedup(fn: Callable[[int, int, int, int, int], float]) -> CheckResult:
+    """``fn(hidden, n_heads, head_dim, removed_heads, vocab)``: ideal speedup of one MHA layer + lm_head.
+
+    Count 2 FLOPs per multiply-add; per token, one layer's attention projections
+    cost 2 * 4 * hidden * (n_heads * head_dim) and the lm_head 2 * hidden * vocab.
+    """
+    for hidden, heads, head_dim, removed, vocab in ((64, 4, 16, 1, 100), (768, 12, 64, 6, 50257),
+                                                    (576, 9, 64, 3, 49152), (32, 8, 4, 2, 10)):
+        dense = 2 * 4 * hidden * heads * head_dim + 2 * hidden * vocab
+        pruned = 2 * 4 * hidden * (heads - removed) * head_dim + 2 * hidden * vocab
+        want = dense / pruned
+        out, error = _run(fn, hidden, heads, head_dim, removed, vocab)
+        if error is not None:
+            return error
+        if not isinstance(out, (int, float)):
+            return CheckResult(False, f"return a number, not {type(out).__name__}.")
+        if abs(out - want) > 1e-6 * want:
+            without_head = (2 * 4 * hidden * heads * head_dim) / (2 * 4 * hidden * (heads - removed) * head_dim)
+            if abs(out - without_head) < 1e-6 * without_head:
+                return CheckResult(False, "you left out the lm_head: it costs the same before and after, "
+                                          "and it belongs in both totals.")
+            if abs(out - 1 / want) < 1e-6:
+                return CheckResult(False, "upside down: speedup = dense FLOPs / pruned FLOPs (above 1).")
+            return CheckResult(False, f"for hidden={hidden}, {heads} heads of {head_dim}, {removed} removed, "
+                                      f"vocab={vocab}: expected {want:.4f}, got {out:.4f}.")
+    return CheckResult(True, "4 hidden configurations, including GPT-2's: the ideal speedup is right.")
+
+
+# ------------------------------------------------------------- lesson 4: slicing a gated MLP
+def check_slice_mlp(fn: Callable) -> CheckResult:
+    """``fn(gate, up, down, keep)`` returns the sliced ``(gate, up, down)`` keeping neurons ``keep``."""
+    generator = torch.Generator().manual_seed(4)
+    for hidden, width, keep in ((6, 8, [0, 3, 5]), (4, 10, [1, 2, 9]), (5, 5, [4])):
+        gate, up = torch.randn(width, hidden, generator=generator), torch.randn(width, hidden, generator=generator)
+        down = torch.randn(hidden, width, generator=generator)
+        out, error = _run(fn, gate, up, down, torch.tensor(keep))
+        if error is not None:
+            return error
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            return CheckResult(False, "return three tensors: (gate, up, down).")
+        for name, got, shape in zip(("gate", "up", "down"), out, ((len(keep), hidden),) * 2 + ((hidden, len(keep)),)):
+            if (bad := _tensor_check(got, shape)) is not None:
+                hint = " (down_proj reads the neurons: slice its *columns*)" if name == "down" else \
+                       " (gate/up produce the neurons: slice their *rows*)"
+                return CheckResult(False, f"{name}: {bad.message}{hint}")
+        x = torch.randn(3, hidden, generator=generator)
+        mask = torch.zeros(width)
+        mask[keep] = 1
+        want = (torch.nn.functional.silu(x @ gate.T) * (x @ up.T) * mask) @ down.T
+        got = (torch.nn.functional.silu(x @ out[0].T) * (x @ out[1].T)) @ out[2].T
+        if not torch.allclose(got, want, atol=1e-5):
+            return CheckResult(False, "the shapes are right but the output differs from zeroing those neurons: "
+                                      "keep the *same* indices in all three matrices, in the same order.")
+    return CheckResult(True, "3 hidden MLPs: the sliced MLP equals the zeroed one.")
+
+
+# ------------------------------------------------------------- lesson 5: the 2:4 mask
+def check_2_4_mask(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
+    """``fn(weight)`` returns a bool keep-mask keeping the 2 largest |w| of every 4 consecutive inputs."""
+    generator = torch.Generator().manual_seed(5)
+    for rows, cols in ((2, 8), (5, 16), (3, 4), (7, 32)):
+        w = torch.randn(rows, cols, generator=generator)
+        out, error = _run(fn, w)
+        if error is not None:
+            return error
+        if (bad := _tensor_check(out, w.shape)) is not None:
+            return bad
+        keep = out.bool()
+        per_group = keep.reshape(rows, cols // 4, 4).sum(-1)
+        if (per_group > 2).any():
+            r, g = (per_group > 2).nonzero()[0].tolist()
+            return CheckResult(False, f"group {g} of row {r} keeps {per_group[r, g].item()} weights; "
+                                      "a 2:4 mask keeps at most 2 of every 4 consecutive weights.")
+        if (per_group < 2).any():
+            r, g = (per_group < 2).nonzero()[0].tolist()
+            return CheckResult(False, f"group {g} of row {r} keeps only {per_group[r, g].item()}: keep exactly 2 "
+                                      "(pruning more than half loses accuracy for nothing).")
+        groups = w.abs().reshape(rows, cols // 4, 4)
+        best = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+        if not torch.equal(keep.reshape(rows, cols // 4, 4), best):
+            if torch.equal(keep.reshape(rows, -1, 4), torch.zeros_like(best).scatter_(
+                    -1, (-groups).topk(2, dim=-1).indices, True)):
+                return CheckResult(False, "you kept the 2 *smallest* of each group: keep the largest |w|.")
+            return CheckResult(False, "2 per group, but not the 2 largest |w|: groups are 4 consecutive "
+                                      "*input* columns of one row (reshape to (rows, cols // 4, 4)).")
+    return CheckResult(True, "4 hidden matrices: 2 of every 4 kept, always the largest.")

@@ -1,0 +1,325 @@
+"""The presenter dashboard: the five lessons' explorers on one page, for a projector.
+
+``make present`` serves ``presenter/dashboard.ipynb`` with Voilà (code hidden,
+widgets only) on localhost; that notebook just shows ``Dashboard()``.
+
+Three choices keep it live in front of an audience:
+- ONE model, loaded once, shared by every explorer: an explorer prunes, measures
+  and restores, so the explorers never see each other's pruning;
+- tiny measurements (2 evaluation windows of 64 tokens, latency over 32 tokens,
+  2 runs): a new point in a few seconds on a laptop CPU. The numbers are noisier
+  than the lessons' and only meant to show the trends;
+- a lesson's explorer is built the first time its tab is opened, so the page is
+  up as soon as the model is loaded.
+
+Wanda and SparseGPT need calibration passes (minutes), too slow to compute live:
+the unstructured tab compares magnitude with random, lesson 05 has the rest.
+
+Run ``python -m course_lib.presenter [--port N]`` (what ``make present`` does).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+MODEL = "smollm2-135m"
+SEQ_LEN, N_EVAL = 64, 2  # evaluation windows: the live budget, not the course protocol
+N_CALIB = 4  # calibration windows for the activation score (computed once, ~1 s)
+LATENCY_TOKENS, LATENCY_RUNS = 32, 2
+THREADS = 2
+DEFAULT_PORT = 8866
+NOTEBOOK = Path(__file__).resolve().parent.parent / "presenter" / "dashboard.ipynb"
+
+# Large type for a projector. ipywidgets 8 sizes its controls with CSS variables;
+# setting them on the dashboard's root box scales every widget inside it.
+CSS = """
+<style>
+.presenter { --jp-widgets-font-size: 24px; --jp-widgets-inline-height: 44px;
+  --jp-widgets-inline-label-width: 240px; --jp-widgets-slider-handle-size: 26px;
+  --jp-widgets-slider-track-thickness: 8px; --jp-widgets-horizontal-tab-height: 52px;
+  font-size: 24px; }
+.presenter .widget-label, .presenter .widget-readout, .presenter .widget-html-content,
+.presenter select, .presenter .lm-TabBar-tab { font-size: 24px !important; line-height: 1.5; }
+.presenter .lm-TabBar-tab { flex: 0 0 auto !important; min-width: 0 !important; padding: 0 16px; }
+.presenter .widget-hbox { flex-wrap: wrap; gap: 0 1em; }
+.presenter .widget-slider { width: 900px !important; }
+.presenter .widget-readout { min-width: 4em; }
+.presenter .widget-dropdown { width: 440px !important; }
+.presenter .widget-dropdown select { flex: 1 1 auto; }
+.presenter .explorer-perplexity .widget-html-content, .presenter .explorer-latency .widget-html-content,
+.presenter .explorer-speedup .widget-html-content, .presenter .explorer-parameters .widget-html-content {
+  font-size: 32px !important; }
+.presenter h1 { font-size: 40px; margin: 0.2em 0; }
+.presenter .lesson-note { font-size: 24px; color: #333; max-width: 1200px; }
+.presenter img { max-width: 100%; }
+</style>
+"""
+
+
+# ------------------------------------------------------------------ what each tab prunes
+@dataclass(frozen=True)
+class Section:
+    """One lesson's explorer: what the slider means and which prune it runs."""
+
+    key: str
+    title: str
+    note: str  # one or two sentences for the audience: what to watch
+    methods: tuple[str, ...]
+    amount_label: str
+    amount_max: float
+    step: float
+    prune: Callable  # (scores, model, method, amount) -> PruneHandle
+
+
+def _head_request(scores, model, method, fraction, **kwargs):
+    from .pruning import heads
+
+    return heads.least_important_heads(scores.heads[method], fraction=fraction, model=model, **kwargs)
+
+
+def prune_heads_zeroed(scores, model, method, fraction):
+    """01: zero the lowest-scoring heads of every layer (any count: zeroing keeps the shapes)."""
+    from .pruning import heads
+
+    return heads.zero_heads(model, _head_request(scores, model, method, fraction, respect_gqa=False))
+
+
+def prune_zeroed_vs_removed(scores, model, method, fraction):
+    """02: the same heads (whole rounds of every KV group) zeroed, or removed."""
+    from .pruning import heads
+
+    request = _head_request(scores, model, "weight norm", fraction)
+    return heads.zero_heads(model, request) if method == "zero" else heads.remove_heads(model, request)
+
+
+def prune_heads_removed(scores, model, method, fraction):
+    """03: remove heads ranked across the whole model (GQA-respecting rounds)."""
+    from .pruning import heads
+
+    return heads.remove_heads(model, _head_request(scores, model, method, fraction, per_layer=False))
+
+
+def prune_neurons_removed(scores, model, method, fraction):
+    """04: remove the same fraction of MLP neurons from every layer."""
+    from .pruning import mlp
+
+    return mlp.remove_neurons(model, mlp.least_important_neurons(scores.neurons[method], fraction))
+
+
+def prune_unstructured(scores, model, method, sparsity):
+    """05: zero single weights, the smallest (magnitude) or random ones, per output row."""
+    from .pruning import masks
+
+    if method == "magnitude":
+        return masks.magnitude_prune(model, sparsity)
+    return masks.random_prune(model, sparsity)
+
+
+SECTIONS = (
+    Section("01", "heads zeroed",
+            "Heads switched off by zeroing their weights. Quality drops, but the matrices "
+            "keep their shapes: latency does not move.",
+            ("weight norm", "random"), "fraction of heads", 8 / 9, 1 / 9, prune_heads_zeroed),
+    Section("02", "zeroed vs removed",
+            "The same heads, zeroed or cut out. Perplexity is identical; only removal "
+            "shrinks the parameters and the latency.",
+            ("remove", "zero"), "fraction of heads", 2 / 3, 1 / 3, prune_zeroed_vs_removed),
+    Section("03", "heads removed",
+            "Heads ranked across the whole model and cut out (whole rounds of every "
+            "key/value group): real speedup. Is the norm better than chance?",
+            ("weight norm", "random"), "fraction of heads", 2 / 3, 1 / 9, prune_heads_removed),
+    Section("04", "MLP neurons removed",
+            "MLP neurons cut out of every layer, where most weights are. Which ones? "
+            "Small weights fool the norm (some first-layer neurons fire hard); "
+            "activations on a little text know better.",
+            ("activation", "weight norm", "random"), "fraction of neurons", 0.9, 0.1,
+            prune_neurons_removed),
+    Section("05", "unstructured sparsity",
+            "Single weights set to zero: magnitude keeps quality far longer than random, "
+            "yet dense kernels run just as long. (Wanda and SparseGPT: lesson 05.)",
+            ("magnitude", "random"), "sparsity", 0.9, 0.1, prune_unstructured),
+)
+
+
+class Scores:
+    """Importance scores of the original model, computed once, on first use.
+
+    ``calib``: calibration windows (from the start of the text, disjoint from the
+    evaluation windows) for the activation score.
+    """
+
+    def __init__(self, model, calib: torch.Tensor, seed: int = 0):
+        self.model, self.calib, self.seed = model, calib, seed
+        self._heads = self._neurons = None
+
+    @property
+    def heads(self) -> dict:
+        if self._heads is None:
+            from .pruning import heads
+
+            norm = heads.head_importance_weight_norm(self.model)
+            rng = np.random.default_rng(self.seed)  # the baseline: an order by chance
+            self._heads = {"weight norm": norm, "random": rng.random(norm.shape)}
+        return self._heads
+
+    @property
+    def neurons(self) -> dict:
+        if self._neurons is None:
+            from .pruning import mlp
+
+            norm = mlp.neuron_importance_weight_norm(self.model)
+            generator = torch.Generator().manual_seed(self.seed)
+            self._neurons = {"activation": mlp.neuron_importance_activation(self.model, self.calib),
+                             "weight norm": norm,
+                             "random": [torch.rand(s.shape, generator=generator) for s in norm]}
+        return self._neurons
+
+
+# ------------------------------------------------------------------------ the page
+class Dashboard:
+    """A title and one tab per lesson, each holding that lesson's Explorer."""
+
+    def __init__(self, model_name: str = MODEL, seq_len: int = SEQ_LEN, n_eval: int = N_EVAL,
+                 n_calib: int = N_CALIB,
+                 latency_tokens: int = LATENCY_TOKENS, latency_runs: int = LATENCY_RUNS,
+                 threads: int = THREADS, sections=SECTIONS, model=None, tokenizer=None):
+        import ipywidgets as widgets
+        import matplotlib.pyplot as plt
+
+        from . import data, models
+
+        torch.manual_seed(0)
+        torch.set_num_threads(threads)
+        plt.rcParams.update({"figure.dpi": 150, "font.size": 11})  # readable from the back row
+        if model is None:
+            model, tokenizer = models.load(model_name)
+        self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
+        windows = data.windows_for(tokenizer, model_name, seq_len=seq_len, n_eval=n_eval,
+                                   n_calib=n_calib)
+        self.windows = windows.eval
+        self.latency = {"latency_tokens": latency_tokens, "latency_runs": latency_runs}
+        self.scores = Scores(model, windows.calib)
+        self.sections = {s.key: s for s in sections}
+        self.explorers: dict = {}
+        self.pages = {key: widgets.VBox([widgets.HTML(f"<div class='lesson-note'>{s.note}</div>"),
+                                         widgets.HTML("<i>measuring the dense model…</i>")])
+                      for key, s in self.sections.items()}
+        self.tabs = widgets.Tab(children=list(self.pages.values()),
+                                titles=[f"{s.key} {s.title}" for s in self.sections.values()])
+        self.tabs.observe(self._on_tab, names="selected_index")
+        header = widgets.HTML(
+            f"<h1>Pruning LLMs, live</h1><div class='lesson-note'>{model_name}, perplexity on "
+            f"{n_eval} windows of {seq_len} tokens, prefill latency of {latency_tokens} tokens "
+            f"({latency_runs} runs, {threads} threads): quick numbers to show the trends.</div>")
+        self.widget = widgets.VBox([widgets.HTML(CSS), header, self.tabs])
+        self.widget.add_class("presenter")
+        self.open(next(iter(self.sections)))
+
+    def open(self, key: str):
+        """The explorer of lesson ``key``, built (and its page filled) on first use."""
+        if key not in self.sections:
+            raise ValueError(f"no lesson {key!r} on the dashboard; choose one of {list(self.sections)}.")
+        if key not in self.explorers:
+            from .widgets import Explorer
+
+            s = self.sections[key]
+
+            def prune(model, method, amount):  # the section's prune, with the shared scores
+                return s.prune(self.scores, model, method, amount)
+
+            self.explorers[key] = Explorer(
+                self.model, self.windows, prune,
+                methods=s.methods, amount_label=s.amount_label, amount_max=s.amount_max, step=s.step,
+                title=f"{s.key} {s.title}", **self.latency)
+            self._tag(self.explorers[key])
+            note = self.pages[key].children[0]
+            self.pages[key].children = (note, self.explorers[key].widget)
+        return self.explorers[key]
+
+    @staticmethod
+    def _tag(explorer) -> None:
+        """CSS classes on the parts a stylesheet or a browser test needs to find."""
+        explorer.widget.add_class("explorer")
+        explorer.slider.add_class("explorer-slider")
+        explorer.method.add_class("explorer-method")
+        for name, label in explorer.labels.items():
+            label.add_class(f"explorer-{name}")
+
+    def _on_tab(self, change) -> None:
+        if change["new"] is not None:
+            self.open(list(self.sections)[change["new"]])
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+
+# ------------------------------------------------------------------------ serving
+def voila_command(port: int, notebook: Path = NOTEBOOK) -> list[str]:
+    """The Voilà command line that serves the dashboard on localhost only."""
+    voila = Path(sys.executable).with_name("voila")
+    return [str(voila) if voila.exists() else "voila", str(notebook), "--no-browser",
+            f"--port={port}", "--Voila.ip=127.0.0.1", "--Voila.port_retries=0",
+            "--strip_sources=True", "--show_tracebacks=True", "--theme=light"]
+
+
+def server_env(base: dict | None = None) -> dict:
+    """The environment for Voilà and its kernel.
+
+    ``OMP_WAIT_POLICY=PASSIVE``: torch's CPU threads sleep instead of spinning
+    while they wait for each other. On a laptop that also runs slides, a browser
+    and a screen share, spinning threads fight over the cores and one forward
+    pass can take ten times longer; passive waiting costs a few ms at most.
+    It must be in the environment before torch loads, hence here.
+    """
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env.setdefault("HF_HUB_OFFLINE", "1")  # the embedded model needs no network
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    return env
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.presenter",
+                                     description="Serve the presenter dashboard with Voilà.")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    if not NOTEBOOK.exists():
+        print(f"{NOTEBOOK} is missing: run this from a checkout of the course.", file=sys.stderr)
+        return 2
+    if shutil.which(voila_command(args.port)[0]) is None:
+        print("Voilà is not installed: `make install` brings it (or pip install voila).",
+              file=sys.stderr)
+        return 2
+    if not port_is_free(args.port):
+        print(f"port {args.port} is in use: choose another, e.g. make present PORT={args.port + 1}",
+              file=sys.stderr)
+        return 2
+    print(f"presenter dashboard: http://localhost:{args.port}/  "
+          "(the first page takes ~20 s; Ctrl-C stops)", flush=True)
+    command = voila_command(args.port)
+    # Become Voilà (no Python parent left): Ctrl-C reaches it directly and it shuts its kernel down.
+    os.execvpe(command[0], command, server_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

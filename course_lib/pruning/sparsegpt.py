@@ -1,0 +1,189 @@
+"""SparseGPT: one-shot pruning with weight reconstruction (Frantar & Alistarh, 2023).
+
+Removing weights changes a layer's output W X. SparseGPT prunes the input
+columns of W one at a time, left to right, and after each column *updates the
+remaining columns* so that the layer's output on the calibration inputs X moves
+as little as possible (the Optimal Brain Surgeon update). Everything it needs is
+the Hessian of that reconstruction error,
+
+    H = 2 X X^T / n          (in_features x in_features, from calibration tokens),
+
+and the upper Cholesky factor U of H^-1: pruning weight w in column i costs
+w^2 / U_ii^2 and is compensated by subtracting (w / U_ii) * U[i, i:] from the
+row's later columns. Which weights to prune is decided per block of 128 columns
+(the ones of lowest w^2 / U_ii^2 in the block, "adaptive mask selection"), or
+per group of M columns for N:M; the updates to columns right of the block are
+batched into one matrix product ("lazy batch updates").
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .. import arch
+from . import calibrate
+from .masks import (achieved_sparsity, check_pattern_fits, check_sparsity, check_target, describe,
+                    nm_mask, parse_pattern, topk_mask)
+from .undo import PruneHandle, restoring_on_error
+
+MAX_DAMP = 10.0  # give up once the dampening reaches 10x the mean diagonal
+
+
+class HessianError(ValueError):
+    """The calibration Hessian cannot be inverted, even with strong dampening."""
+
+
+def inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01, name: str = "layer") -> torch.Tensor:
+    """Upper-triangular U with U^T U = (H + damp*I)^-1, damp = percdamp * mean(diag H).
+
+    Same result as ``torch.linalg.cholesky(torch.linalg.inv(H), upper=True)``, computed
+    without forming the inverse: Cholesky-factor H with rows and columns reversed,
+    flip(H) = L L^T, then H^-1 = flip(L^-1)^T flip(L^-1), and flip(L^-1) is upper-triangular.
+    (One factorisation and one triangular solve; ``torch.cholesky_inverse`` is ~50x
+    slower on some CPUs.)
+
+    Dampening makes H positive-definite when the calibration data do not span
+    every input direction; if the factorisation still fails, retry with 10x more
+    (warning each time) up to ``MAX_DAMP``, then raise a ``HessianError``.
+    """
+    if isinstance(percdamp, bool) or not isinstance(percdamp, (int, float)) or not percdamp > 0:
+        raise ValueError(f"percdamp={percdamp!r}: the dampening must be a fraction > 0 of the "
+                         "mean diagonal, e.g. 0.01.")
+    if not torch.isfinite(H).all():
+        raise HessianError(f"the Hessian of {name} holds NaN or inf: the calibration activations "
+                           "overflowed. Run the model in float32 or check the calibration windows.")
+    mean_diag = H.diagonal().mean()
+    identity = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    damp = percdamp
+    while True:
+        damped = H.flip(0, 1)  # a reversed copy
+        damped.diagonal().add_(damp * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(damped)
+        if info == 0:
+            upper = torch.linalg.solve_triangular(lower, identity, upper=False).flip(0, 1)
+            if torch.isfinite(upper).all():
+                return upper
+        if damp * 10 > MAX_DAMP:
+            raise HessianError(
+                f"the Hessian of {name} is not positive-definite even with dampening {damp:g} x "
+                "its mean diagonal. Use more (or more varied) calibration windows, or prune this "
+                "layer with magnitude/Wanda instead.")
+        warnings.warn(f"SparseGPT: the Hessian of {name} is not positive-definite with dampening "
+                      f"{damp:g}; retrying with {damp * 10:g}.", RuntimeWarning, stacklevel=2)
+        damp *= 10
+
+
+@torch.no_grad()
+def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pattern=None,
+                    blocksize: int = 128, percdamp: float = 0.01, segments: list[int] | None = None,
+                    name: str = "layer", update_block: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune an (out, in) weight ``W`` given its input Hessian ``H``; returns ``(W_new, keep_mask)``.
+
+    A pure function on tensors (inputs are not modified). ``blocksize``: columns per
+    adaptive mask selection (unstructured). ``update_block``: columns between two lazy
+    batch updates; any value gives the same result up to rounding, small ones are
+    faster on a CPU. ``segments`` lists the row counts of matrices stacked in ``W``
+    because they share one input (q, k, v): each keeps its own sparsity in every
+    block, exactly as if pruned separately.
+    """
+    sparsity, pattern = check_sparsity(sparsity), parse_pattern(pattern)
+    rows, cols = W.shape
+    if H.shape != (cols, cols):
+        raise ValueError(f"H has shape {tuple(H.shape)}, but W is {tuple(W.shape)}: "
+                         f"H must be ({cols}, {cols}), one row/column per input feature.")
+    if blocksize % update_block:
+        raise ValueError(f"blocksize={blocksize} must be a multiple of update_block={update_block}.")
+    if pattern is not None:
+        check_pattern_fits(name, cols, pattern)
+        if update_block % pattern[1]:
+            raise ValueError(f"update_block={update_block} must be a multiple of M={pattern[1]}.")
+    bounds = torch.tensor([0] + (segments or [rows])).cumsum(0).tolist()
+
+    H = H.detach().float().clone()
+    Wt = W.detach().float().t().clone()  # (in, out): input column i is the contiguous row Wt[i]
+    dead = H.diagonal() == 0             # inputs that were always zero: their weights do nothing
+    H[dead, dead] = 1
+    Wt[dead] = 0
+    U = inverse_cholesky(H, percdamp, name)
+    d = U.diagonal().unsqueeze(1)        # U_ii, as a column: (in, 1)
+    prune = torch.zeros_like(Wt, dtype=torch.bool)
+
+    for i1 in range(0, cols, update_block):
+        i2 = min(i1 + update_block, cols)
+        if pattern is None and i1 % blocksize == 0:
+            # adaptive mask selection: lowest w^2 / U_ii^2 of the next `blocksize` columns, per matrix
+            b2 = min(i1 + blocksize, cols)
+            score = Wt[i1:b2].pow(2) / d[i1:b2].pow(2)
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                prune[i1:b2, a:b] = ~topk_mask(score[:, a:b], sparsity, "matrix")
+        Ub, Wb, Pb, db = U[i1:i2, i1:i2], Wt[i1:i2], prune[i1:i2], d[i1:i2]  # views into U, Wt...
+        scale = Pb / db              # err = w * scale: w / U_ii where pruned, 0 where kept
+        err = torch.zeros_like(Wb)   # (w - q) / U_ii for each column of this block
+        for i in range(i2 - i1):
+            if pattern is not None and i % pattern[1] == 0:  # N:M: choose in the next M columns
+                n, m = pattern
+                score = Wb[i:i + m].pow(2) / db[i:i + m].pow(2)
+                Pb[i:i + m] = ~nm_mask(score.t(), n, m).t()
+                scale[i:i + m] = Pb[i:i + m] / db[i:i + m]
+            torch.mul(Wb[i], scale[i], out=err[i])
+            # OBS update of this block's later columns: W[:, j] -= err * U[i, j] for j >= i
+            Wb[i:].addr_(Ub[i, i:], err[i], alpha=-1)
+        Wb.masked_fill_(Pb, 0.0)  # exact zeros (the update leaves ~1e-9 residues)
+        # lazy batch update of every column right of the block, in one matrix product
+        Wt[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1)
+    return Wt.t().contiguous().to(W.dtype), (~prune).t().contiguous()
+
+
+def collect_hessian(stat, x: torch.Tensor):
+    """Running (sum of x x^T, token count) over (tokens, in_features) input batches."""
+    x = x.float()
+    if stat is None:
+        return x.t() @ x, x.shape[0]
+    xtx, n = stat
+    return xtx.addmm_(x.t(), x), n + x.shape[0]
+
+
+def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: float = 0.5,
+                    pattern=None, blocksize: int = 128, percdamp: float = 0.01,
+                    batch_size: int = 8, on_arrival: str = "none", keep_masks: bool = True,
+                    progress=None) -> PruneHandle:
+    """Prune every decoder Linear/Conv1D with SparseGPT, layer by layer; returns an undo handle.
+
+    ``calib_windows``: (n, seq_len) token ids, e.g. ``data.windows_for(tok, name).calib``.
+    ``pattern="2:4"`` gives N:M sparsity (then the sparsity is 1 - N/M). ``blocksize``,
+    ``percdamp``: see ``sparsegpt_layer``. ``batch_size`` / ``on_arrival``: how the
+    layers are walked, see ``calibrate.walk`` (``on_arrival="all"`` is SparseGPT's
+    "true sequential" option).
+    """
+    sparsity, pattern = check_target(model, sparsity, pattern)
+    calib_windows = calibrate.check_windows(calib_windows)
+    handle = PruneHandle(describe("sparsegpt", sparsity, pattern))
+    masks = {}
+
+    def prune_layer(index, layer, groups):
+        full_name = {id(m): name for name, m in calibrate.layer_modules(model, index).items()}
+        for group in groups:
+            # Matrices reading the same input share H: stack them and run the column loop once.
+            xtx, n = group.stat
+            weights = [arch.weight_matrix(m) for m in group.modules]
+            W_new, keep = sparsegpt_layer(torch.cat(weights), 2 * xtx / n, sparsity, pattern,
+                                          blocksize, percdamp, [w.shape[0] for w in weights],
+                                          name=" / ".join(full_name[id(m)] for m in group.modules))
+            start = 0
+            for module, weight in zip(group.modules, weights):
+                rows = slice(start, start + weight.shape[0])
+                handle.save_tensor(module.weight.data)
+                weight.copy_(W_new[rows])
+                if keep_masks:
+                    masks[full_name[id(module)]] = keep[rows]
+                start += weight.shape[0]
+
+    with restoring_on_error(handle):
+        calibrate.walk(model, calib_windows, collect_hessian, prune_layer,
+                       batch_size=batch_size, on_arrival=on_arrival, progress=progress)
+    handle.info.update(method="sparsegpt", requested=sparsity, scope="block", pattern=pattern,
+                       masks=masks if keep_masks else None,
+                       sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
+    return handle

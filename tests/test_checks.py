@@ -1,0 +1,85 @@
+"""Exercise checks pass good solutions, fail stubs and typical mistakes with a useful hint;
+the student edition carries no solution code."""
+import nbformat
+import pytest
+import torch
+
+from course_lib import checks, student
+
+
+def mask_2_4(w):
+    groups = w.abs().reshape(w.shape[0], -1, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(2, dim=-1).indices, True)
+    return keep.reshape(w.shape)
+
+
+def stub(*_):
+    raise NotImplementedError
+
+
+def test_2_4_mask_check():
+    assert checks.check_2_4_mask(mask_2_4)
+    assert "not written yet" in str(checks.check_2_4_mask(stub))
+    assert "at most 2" in str(checks.check_2_4_mask(lambda w: torch.ones_like(w, dtype=torch.bool)))
+    smallest = lambda w: ~mask_2_4(w)  # noqa: E731
+    assert "smallest" in str(checks.check_2_4_mask(smallest))
+    rows_not_inputs = lambda w: mask_2_4(w.T.contiguous()).T if w.shape[0] % 4 == 0 else mask_2_4(w).flip(-1)  # noqa: E731
+    assert not checks.check_2_4_mask(rows_not_inputs)
+
+
+def test_zero_head_check():
+    def good(w, head, d):
+        out = w.clone()
+        out[:, head * d:(head + 1) * d] = 0
+        return out
+
+    def off_by_one(w, head, d):
+        return good(w, head + 1, d) if (head + 2) * d <= w.shape[1] else good(w, head - 1, d)
+
+    def in_place(w, head, d):
+        w[:, head * d:(head + 1) * d] = 0
+        return w
+
+    assert checks.check_zero_head(good)
+    assert "off by" in str(checks.check_zero_head(off_by_one))
+    assert "in place" in str(checks.check_zero_head(in_place))
+
+
+def test_gqa_choice_check():
+    def one_per_group(n, kv, k):
+        g = n // kv
+        per = k // kv
+        return [grp * g + i for grp in range(kv) for i in range(per)] if k % kv == 0 else list(range(k))
+
+    assert checks.check_gqa_choice(one_per_group)
+    first_k = lambda n, kv, k: list(range(k))  # noqa: E731  (fine until a group is split unevenly)
+    assert "same number" in str(checks.check_gqa_choice(first_k))
+
+
+def test_ideal_speedup_check():
+    def good(h, n, d, r, v):
+        return (8 * h * n * d + 2 * h * v) / (8 * h * (n - r) * d + 2 * h * v)
+
+    assert checks.check_ideal_speedup(good)
+    assert "lm_head" in str(checks.check_ideal_speedup(lambda h, n, d, r, v: n / (n - r)))
+    assert "upside down" in str(checks.check_ideal_speedup(lambda *a: 1 / good(*a)))
+
+
+def test_slice_mlp_check():
+    def good(gate, up, down, keep):
+        return gate[keep], up[keep], down[:, keep]
+
+    assert checks.check_slice_mlp(good)
+    assert "columns" in str(checks.check_slice_mlp(lambda g, u, d, k: (g[k], u[k], d[k])))
+
+
+def test_strip_solutions_keeps_the_signature_and_indentation():
+    source = "def f(x):\n    \"\"\"Doc.\"\"\"\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n"
+    out = student.strip_solutions(source)
+    assert "return x + 1" not in out and out.startswith("def f(x):")
+    namespace = {}
+    exec(out, namespace)
+    with pytest.raises(NotImplementedError):
+        namespace["f"](1)
+    with pytest.raises(ValueError, match="unbalanced"):
+        student.strip_solutions("### BEGIN SOLUTION\nx = 1\n")

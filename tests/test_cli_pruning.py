@@ -1,0 +1,95 @@
+"""The prune and bench commands: promised keys, sensible values, clear errors (tiny models, fast)."""
+import json
+import math
+
+import pytest
+import torch
+
+from course_lib import arch, models
+from course_lib.__main__ import main
+from course_lib.cli_pruning import heads_request, prune_with
+
+FAST = ["--seq-len", "32", "--n-eval", "2", "--n-calib", "4", "--runs", "1",
+        "--latency-tokens", "8", "--threads", "1", "--json"]
+KEYS = ("model", "method", "pattern", "sparsity_achieved", "perplexity_before", "perplexity_after",
+        "prune_seconds", "latency_ratio", "ideal_latency_ratio")
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """main() sets torch's thread count; put it back for the other tests."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _prune(capsys, *args):
+    assert main(["prune", *args, *FAST]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt", "heads", "mlp"])
+def test_prune_json_has_the_promised_keys(capsys, method):
+    result = _prune(capsys, "tiny-llama", "--method", method, "--sparsity", "0.5")
+    assert all(key in result for key in KEYS)
+    assert result["method"] == method and result["model"] == "tiny-llama" and result["pattern"] is None
+    for key in ("perplexity_before", "perplexity_after", "latency_ratio", "ideal_latency_ratio"):
+        assert math.isfinite(result[key]) and result[key] > 0
+    assert result["prune_seconds"] >= 0
+    if method in ("magnitude", "wanda", "sparsegpt"):
+        assert result["sparsity_achieved"] == pytest.approx(0.5, abs=0.01)
+        assert result["ideal_latency_ratio"] == 1.0  # zeros in dense matrices save no FLOPs
+        assert result["parameters_after"] == result["parameters_before"]
+    else:
+        assert result["parameters_after"] < result["parameters_before"]
+        assert result["ideal_latency_ratio"] < 1.0
+    if method == "mlp":
+        assert result["sparsity_achieved"] == pytest.approx(0.5)
+    if method == "heads":  # 6 heads in 2 groups of 3: 50% -> 2 of every group of 3
+        assert result["sparsity_achieved"] == pytest.approx(4 / 6, abs=1e-4)
+
+
+def test_prune_with_a_pattern(capsys):
+    result = _prune(capsys, "tiny-gpt2", "--method", "magnitude", "--pattern", "2:4")
+    assert result["pattern"] == "2:4" and result["sparsity_achieved"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lottery"], "--method 'lottery' is not known"),
+    (["--method", "magnitude", "--pattern", "2-4"], "not of the form 'N:M'"),
+    (["--method", "heads", "--pattern", "2:4"], "applies to single weights"),
+    (["--method", "magnitude", "--sparsity", "1.5"], "outside [0, 1)"),
+])
+def test_bad_input_exits_2_with_a_clear_message(capsys, args, message):
+    assert main(["prune", "tiny-llama", *args, *FAST]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_heads_request_removes_the_same_number_per_kv_group():
+    model, _ = models.load("tiny-llama")  # 6 query heads, 2 KV heads: groups {0,1,2}, {3,4,5}
+    for fraction, per_group in ((0.25, 1), (0.5, 2), (0.9, 2)):
+        request = heads_request(model, fraction)
+        assert set(request) == {0, 1}
+        for heads in request.values():
+            assert sum(h < 3 for h in heads) == per_group and sum(h >= 3 for h in heads) == per_group
+    handle = prune_with(model, "heads", 0.5)
+    assert arch.attention_shape(model, 0).n_heads == 2 and arch.attention_shape(model, 0).n_kv_heads == 2
+    handle.restore()
+    assert arch.attention_shape(model, 0).n_heads == 6
+
+
+def test_bench_quick_writes_the_report(tmp_path, capsys):
+    assert main(["bench", "tiny-gpt2", "--quick", "--out", str(tmp_path), "--threads", "1",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    text = (tmp_path / "results.md").read_text()
+    for section in ("Machine:", "## (a) Latency", "## (b) Quality", "## (c) Sparse kernels",
+                    "Break-even", "## (d) 2:4", "## Checks", "CSR 90% on MLP layers",
+                    "MLP neurons removed 50%", "heads removed 50%", "sparsegpt | 2:4"):
+        assert section in text, section
+    if not torch.cuda.is_available():
+        assert "not measured here (no CUDA)" in text
+    assert (tmp_path / "results.png").stat().st_size > 10_000
+    assert result["quick"] and result["machine"]["threads"] == 1
+    assert {row["configuration"] for row in result["latency"]} >= {"CSR 50% on MLP layers",
+                                                                   "unstructured 50% zeros, dense kernel"}

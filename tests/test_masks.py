@@ -1,0 +1,245 @@
+"""Masks: top-k and N:M selection, magnitude/random pruning, checked against torch.nn.utils.prune."""
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.nn.utils import prune
+from transformers.pytorch_utils import Conv1D
+
+from course_lib import arch, models
+from course_lib.pruning.masks import (apply_masks, check_sparsity, magnitude_prune, nm_mask,
+                                      parse_pattern, random_prune, topk_mask)
+
+TINY = list(models.TINY)
+FAST = settings(max_examples=40, deadline=None)
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def expected_sparsity(model, sparsity, scope):
+    """What rounding allows: round(sparsity * n) pruned per row, per matrix, or overall."""
+    weights = [arch.weight_matrix(m) for m in arch.prunable_linears(model).values()]
+    total = sum(w.numel() for w in weights)
+    if scope == "global":
+        return round(sparsity * total) / total
+    if scope == "matrix":
+        return sum(round(sparsity * w.numel()) for w in weights) / total
+    return sum(w.shape[0] * round(sparsity * w.shape[1]) for w in weights) / total
+
+
+def assert_same_params(model, saved):
+    for name, p in model.named_parameters():
+        assert torch.equal(p, saved[name]), f"{name} changed"
+
+
+# ------------------------------------------------------------------ input checks
+@pytest.mark.parametrize("text, expected", [("2:4", (2, 4)), ("4:8", (4, 8)), (" 1 : 3 ", (1, 3)),
+                                            ((2, 4), (2, 4)), (None, None)])
+def test_parse_pattern(text, expected):
+    assert parse_pattern(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["4:4", "5:4", "0:4", "2:4:8", "a:b", "2.5:4", "2-4", (2.0, 4)])
+def test_parse_pattern_rejects(bad):
+    with pytest.raises(ValueError, match="pattern"):
+        parse_pattern(bad)
+
+
+def test_parse_pattern_type():
+    with pytest.raises(TypeError, match="'2:4'"):
+        parse_pattern(24)
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.2, -0.1, float("nan"), 5])
+def test_sparsity_out_of_range(bad):
+    with pytest.raises(ValueError, match=rf"sparsity={bad} is outside \[0, 1\)"):
+        check_sparsity(bad)
+
+
+@pytest.mark.parametrize("bad", ["0.5", None, True, [0.5]])
+def test_sparsity_not_a_number(bad):
+    with pytest.raises(TypeError, match="not a number"):
+        check_sparsity(bad)
+
+
+def test_unknown_scope_lists_choices():
+    model, _ = models.load("tiny-llama")
+    with pytest.raises(ValueError, match="'row', 'matrix', 'global'"):
+        magnitude_prune(model, 0.5, scope="layer")
+    assert float((arch.weight_matrix(model.model.layers[0].mlp.up_proj) == 0).float().mean()) == 0
+
+
+def test_pattern_that_does_not_divide_names_the_layer():
+    model, _ = models.load("tiny-llama")  # in_features 96 (attention, gate/up) and 192 (down)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj.*in_features=96.*M=5"):
+        magnitude_prune(model, pattern="2:5")
+
+
+def test_pattern_with_global_scope_is_refused():
+    model, _ = models.load("tiny-llama")
+    with pytest.raises(ValueError, match="within a row"):
+        magnitude_prune(model, scope="global", pattern="2:4")
+
+
+# ------------------------------------------------------------------ the two mask rules
+@FAST
+@given(rows=st.integers(1, 6), groups=st.integers(1, 6), m=st.integers(2, 8), data=st.data())
+def test_nm_mask_keeps_exactly_n_largest_per_group(rows, groups, m, data):
+    n = data.draw(st.integers(1, m - 1))
+    scores = torch.randn(rows, groups * m)
+    keep = nm_mask(scores, n, m)
+    g_keep, g_scores = keep.reshape(rows, groups, m), scores.reshape(rows, groups, m)
+    assert (g_keep.sum(-1) == n).all()
+    # every kept score beats every pruned one of its group
+    kept_min = g_scores.masked_fill(~g_keep, float("inf")).amin(-1)
+    pruned_max = g_scores.masked_fill(g_keep, float("-inf")).amax(-1)
+    assert (kept_min >= pruned_max).all()
+
+
+def test_nm_mask_with_ties_keeps_at_most_n_nonzeros():
+    weight = torch.tensor([[0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]])
+    keep = nm_mask(weight.abs(), 2, 4)
+    pruned = weight * keep
+    assert ((pruned.reshape(1, 2, 4) != 0).sum(-1) <= 2).all()
+    assert keep.sum() == 4
+
+
+@FAST
+@given(rows=st.integers(1, 8), cols=st.integers(1, 40), sparsity=st.floats(0, 0.99),
+       ties=st.booleans())
+def test_topk_mask_row_prunes_the_same_count_in_every_row(rows, cols, sparsity, ties):
+    scores = torch.randn(rows, cols)
+    if ties:  # few distinct values: the count must still be exact
+        scores = scores.round()
+    keep = topk_mask(scores, sparsity, "row")
+    assert ((~keep).sum(-1) == round(sparsity * cols)).all()
+    kept_min = scores.masked_fill(~keep, float("inf")).amin(-1)
+    pruned_max = scores.masked_fill(keep, float("-inf")).amax(-1)
+    assert (kept_min >= pruned_max).all()
+
+
+@FAST
+@given(rows=st.integers(1, 8), cols=st.integers(1, 40), sparsity=st.floats(0, 0.99),
+       ties=st.booleans())
+def test_topk_mask_matrix_prunes_the_requested_count(rows, cols, sparsity, ties):
+    scores = torch.randn(rows, cols)
+    if ties:  # few distinct values: the count must still be exact
+        scores = scores.round()
+    keep = topk_mask(scores, sparsity, "matrix")
+    assert int((~keep).sum()) == round(sparsity * rows * cols)
+    if (~keep).any() and keep.any():
+        assert scores[keep].min() >= scores[~keep].max()
+
+
+@FAST
+@given(out_f=st.integers(1, 12), in_f=st.integers(1, 30), sparsity=st.floats(0, 0.99))
+def test_matrix_mask_equals_torch_l1_unstructured(out_f, in_f, sparsity):
+    layer = nn.Linear(in_f, out_f)
+    ours = topk_mask(layer.weight.detach().abs(), sparsity, "matrix")
+    prune.l1_unstructured(layer, "weight", amount=sparsity)
+    assert torch.equal(ours, layer.weight_mask.bool())
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.9])
+def test_global_magnitude_equals_torch_global_unstructured(name, sparsity):
+    model, _ = models.load(name)
+    library = copy.deepcopy(model)
+    handle = magnitude_prune(model, sparsity, scope="global")
+    modules = arch.prunable_linears(library)
+    prune.global_unstructured([(m, "weight") for m in modules.values()],
+                              pruning_method=prune.L1Unstructured, amount=sparsity)
+    for name_, module in modules.items():
+        theirs = module.weight_mask.bool()
+        if isinstance(module, Conv1D):  # stores (in, out); our masks are (out, in)
+            theirs = theirs.t()
+        assert torch.equal(handle.info["masks"][name_], theirs), name_
+    total = sum(m.weight.numel() for m in modules.values())
+    assert handle.info["sparsity"] == round(sparsity * total) / total  # exactly the rounded count
+
+
+# ------------------------------------------------------------------ pruning whole models
+@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("scope, pattern, sparsity", [("row", None, 0.5), ("matrix", None, 0.25),
+                                                      ("global", None, 0.7), ("row", "2:4", 0.5),
+                                                      ("row", "1:4", 0.75), ("row", "4:8", 0.5)])
+def test_magnitude_prune_achieves_request_and_restores(name, scope, pattern, sparsity):
+    model, _ = models.load(name)
+    before = params(model)
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    head = model.get_output_embeddings().weight.detach().clone()
+    handle = magnitude_prune(model, sparsity, scope=scope, pattern=pattern)
+    modules = arch.prunable_linears(model)
+    assert handle.info["sparsity"] == pytest.approx(expected_sparsity(model, sparsity, scope), abs=1e-12)
+    for module_name, module in modules.items():
+        weight, keep = arch.weight_matrix(module), handle.info["masks"][module_name]
+        assert torch.equal(weight == 0, ~keep), module_name  # zero exactly where pruned
+        if pattern is not None:
+            n, m = parse_pattern(pattern)
+            assert ((weight != 0).reshape(weight.shape[0], -1, m).sum(-1) <= n).all()
+        if scope == "row":
+            assert ((weight == 0).sum(1) == round(sparsity * weight.shape[1])).all()
+    # embeddings and the lm_head are never touched
+    assert torch.equal(model.get_input_embeddings().weight, embedding)
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    handle.restore()
+    assert_same_params(model, before)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_random_prune_is_seeded_and_restores(name):
+    model, _ = models.load(name)
+    before = params(model)
+    first = random_prune(model, 0.4, seed=3)
+    masks = first.info["masks"]
+    assert first.info["sparsity"] == pytest.approx(expected_sparsity(model, 0.4, "row"), abs=1e-12)
+    first.restore()
+    assert_same_params(model, before)
+    again = random_prune(model, 0.4, seed=3)
+    assert all(torch.equal(masks[k], again.info["masks"][k]) for k in masks)
+    again.restore()
+    other = random_prune(model, 0.4, seed=4)
+    assert any(not torch.equal(masks[k], other.info["masks"][k]) for k in masks)
+    other.restore()
+    assert_same_params(model, before)
+
+
+def test_random_prune_is_worse_than_magnitude_on_a_layer():
+    torch.manual_seed(1)
+    x = torch.randn(256, 96)
+    model, _ = models.load("tiny-llama")
+    module = model.model.layers[0].mlp.up_proj
+    dense = module(x)
+    errors = {}
+    for prune_fn in (magnitude_prune, random_prune):
+        handle = prune_fn(model, 0.5)
+        errors[prune_fn.__name__] = (module(x) - dense).norm().item()
+        handle.restore()
+    assert errors["magnitude_prune"] < errors["random_prune"]
+
+
+def test_apply_masks_checks_names_and_shapes():
+    model, _ = models.load("tiny-llama")
+    before = params(model)
+    with pytest.raises(KeyError, match="lm_head"):
+        apply_masks(model, {"lm_head": torch.ones(258, 96, dtype=torch.bool)})
+    good = torch.zeros(96, 96, dtype=torch.bool)
+    with pytest.raises(ValueError, match=r"\(96, 96\).*\(32, 96\)"):
+        apply_masks(model, {"model.layers.0.self_attn.q_proj": good,
+                            "model.layers.0.self_attn.k_proj": good})
+    assert_same_params(model, before)  # the half-done prune was undone
+
+
+def test_apply_masks_on_conv1d_uses_out_in_orientation():
+    model, _ = models.load("tiny-gpt2")
+    module = model.transformer.h[0].mlp.c_fc  # Conv1D: weight stored (64, 256)
+    keep = torch.ones(256, 64, dtype=torch.bool)
+    keep[3] = False  # prune output neuron 3 entirely
+    handle = apply_masks(model, {"transformer.h.0.mlp.c_fc": keep})
+    assert (module.weight[:, 3] == 0).all() and (module.weight[:, 4] != 0).all()
+    handle.restore()

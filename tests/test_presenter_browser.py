@@ -1,0 +1,212 @@
+"""End to end: the presenter dashboard served by Voilà, used in headless Chromium.
+
+What a presenter does, checked as a person would see it: the page opens with
+the code hidden and large type, the unstructured tab opens, the sparsity slider
+moves (by keyboard, then by typing into its readout), and the labels show the
+new perplexity and latency. The perplexity shown must equal what course_lib
+computes here, in the test process, for the same model, windows and prune.
+A screenshot is left in build/presenter.png.
+
+Skipped (with the reason) where Chromium, playwright or voila is missing;
+.ci/run installs Chromium so CI runs it.
+"""
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib import data, metrics, presenter, timing
+from course_lib.pruning import masks, mlp
+
+from browser_support import chromium_page, free_port, missing_browser_tools, server, tail
+
+REASON = missing_browser_tools()
+SCREENSHOT = Path(__file__).resolve().parent.parent / "build" / "presenter.png"
+TAB = next(f"{s.key} {s.title}" for s in presenter.SECTIONS if s.prune is presenter.prune_unstructured)
+
+
+def label(page, name):
+    """The label of the explorer on the visible tab (hidden tabs hold explorers too)."""
+    return page.locator(f".explorer-{name}:visible .widget-html-content")
+
+
+def number(text: str) -> str:
+    """The bold figure of a label: 'perplexity 27.62' -> '27.62'."""
+    match = re.search(r"(\d+(?:\.\d+)?)", text)
+    assert match, f"no number in label {text!r}"
+    return match.group(1)
+
+
+def read_labels(page) -> dict:
+    return {name: label(page, name).inner_text().strip()
+            for name in ("perplexity", "latency", "speedup", "parameters", "status")}
+
+
+def plot_source(page) -> str:
+    return page.locator(".explorer:visible img").get_attribute("src") or ""
+
+
+def wait_for_setting(page, expect, setting: str, old_plot: str, timeout_ms: int) -> dict:
+    """Until the status names the new setting (the labels come before it) and the plot is redrawn."""
+    expect(label(page, "status")).to_contain_text(setting, timeout=timeout_ms)
+    page.wait_for_function(
+        "old => { const img = [...document.querySelectorAll('.explorer img')]"
+        ".find(i => i.offsetParent !== null); return img && img.src && img.src !== old; }",
+        arg=old_plot, timeout=timeout_ms)
+    return read_labels(page)
+
+
+def library_perplexity(model, windows, sparsity: float) -> float:
+    """course_lib's own figure for the setting, computed in this process."""
+    handle = masks.magnitude_prune(model, sparsity)
+    try:
+        return metrics.perplexity(model, windows, batch_size=len(windows))
+    finally:
+        handle.restore()  # the session model stays unpruned for the other tests
+
+
+# ------------------------------------------------------------ without a browser (fast)
+@pytest.fixture
+def tiny_dashboard():
+    import matplotlib
+
+    # rc_context: the dashboard enlarges figures, not for the other tests; one thread:
+    # a tiny model gains nothing from two, and a busy machine makes them spin
+    with matplotlib.rc_context(), timing.thread_count(1):
+        yield presenter.Dashboard("tiny-llama", seq_len=32, n_eval=2, n_calib=2,
+                                  latency_tokens=8, latency_runs=1, threads=1)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_tabs_build_their_explorer_on_first_open(tiny_dashboard):
+    d = tiny_dashboard
+    assert list(d.explorers) == ["01"]  # only the first tab measured at start-up
+    d.tabs.selected_index = 4  # what a click on the fifth tab does
+    assert list(d.explorers) == ["01", "05"]
+    assert d.pages["05"].children[1] is d.explorers["05"].widget
+    assert "explorer-perplexity" in d.explorers["05"].labels["perplexity"]._dom_classes
+
+
+def test_every_tab_and_method_measures_and_restores(tiny_dashboard):
+    d = tiny_dashboard
+    original = weights(d.model)
+    for key, section in d.sections.items():
+        explorer = d.open(key)
+        dense = explorer.cache[("dense", 0.0)]
+        for method in section.methods:  # the prune of every method, at the slider's end
+            point = explorer.point(method, section.amount_max)
+            assert point.perplexity != dense.perplexity, (key, method)
+            structured = key in ("02", "03", "04") and method != "zero"
+            assert (point.parameters < dense.parameters) == structured, (key, method)
+        explorer.slider.value = section.step  # and through the widgets
+        assert f"{section.methods[0]} at {section.step:.2f}" in explorer.text, (key, explorer.text)
+        assert explorer.errors == [], (key, explorer.errors)
+    assert all(torch.equal(v, original[k]) for k, v in d.model.state_dict().items())
+
+
+def test_shown_points_equal_the_library(tiny_dashboard):
+    d = tiny_dashboard
+    model, windows = d.model, d.windows
+    scores = mlp.neuron_importance_activation(model, d.scores.calib)
+    neurons = mlp.least_important_neurons(scores, 0.4)
+    for key, method, amount, prune in (
+            ("05", "magnitude", 0.5, lambda: masks.magnitude_prune(model, 0.5)),
+            ("04", "activation", 0.4, lambda: mlp.remove_neurons(model, neurons))):
+        shown = d.open(key).point(method, amount)
+        handle = prune()
+        try:
+            expected = metrics.perplexity(model, windows, batch_size=len(windows))
+        finally:
+            handle.restore()
+        assert shown.perplexity == pytest.approx(expected, rel=1e-6), key
+
+
+def test_voila_serves_localhost_only_without_a_browser():
+    command = presenter.voila_command(9123)
+    assert "--Voila.ip=127.0.0.1" in command and "--no-browser" in command
+    assert "--port=9123" in command and str(presenter.NOTEBOOK) in command
+    assert presenter.NOTEBOOK.exists() and presenter.NOTEBOOK.with_suffix(".py").exists()
+    env = presenter.server_env({"OMP_WAIT_POLICY": "ACTIVE"})
+    assert env["OMP_WAIT_POLICY"] == "ACTIVE" and env["HF_HUB_OFFLINE"] == "1"  # a user's choice stays
+    assert presenter.server_env({})["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_a_busy_port_is_refused_with_advice(capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert presenter.main(["--port", str(port)]) == 2
+    assert f"port {port} is in use" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ in Chromium (end to end)
+@pytest.mark.embedded
+@pytest.mark.skipif(REASON is not None, reason=f"browser test skipped: {REASON}")
+def test_presenter_dashboard_moves_a_slider_in_chromium(tmp_path, smollm2):
+    from playwright.sync_api import expect
+
+    started = time.monotonic()
+    port = free_port()
+    log = tmp_path / "voila.log"
+    env = presenter.server_env()  # what `make present` runs with
+    try:
+        with server(presenter.voila_command(port), port, log, env=env, timeout=60), \
+                chromium_page(tmp_path / "chromium-profile") as page:
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=180_000)
+            # the first tab's explorer: kernel up, model loaded, dense point measured
+            expect(label(page, "perplexity")).to_contain_text("perplexity", timeout=180_000)
+            marks = {"page up": time.monotonic() - started}
+            body = page.inner_text("body")
+            assert "Dashboard()" not in body and "course_lib" not in body, "code is showing"
+            size = label(page, "perplexity").evaluate("e => parseFloat(getComputedStyle(e).fontSize)")
+            assert size >= 24, f"labels are {size}px: too small for a projector"
+
+            page.locator(".lm-TabBar-tab", has_text=TAB).click()
+            dense = wait_for_setting(page, expect, "dense at 0.00", "", 120_000)
+            marks["tab open"] = time.monotonic() - started
+
+            # 1. the keyboard on the slider's handle: one step right, committed at once
+            plot = plot_source(page)
+            page.locator(".explorer-slider:visible .noUi-handle").press("ArrowRight")
+            low = wait_for_setting(page, expect, "magnitude at 0.10", plot, 120_000)
+            marks["0.1 shown"] = time.monotonic() - started
+            # 2. typing a value into the slider's readout
+            plot = plot_source(page)
+            readout = page.locator(".explorer-slider:visible .widget-readout")
+            readout.fill("0.5")
+            readout.press("Enter")
+            high = wait_for_setting(page, expect, "magnitude at 0.50", plot, 120_000)
+            marks["0.5 shown"] = time.monotonic() - started
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(SCREENSHOT), full_page=True)
+    except Exception:
+        print(f"--- voila log ---\n{tail(log)}")
+        raise
+
+    model, tokenizer = smollm2
+    windows = data.windows_for(tokenizer, presenter.MODEL, seq_len=presenter.SEQ_LEN,
+                               n_eval=presenter.N_EVAL, n_calib=presenter.N_CALIB).eval
+    # One thread: the same bits as the kernel's two (checked on this model), and no
+    # thread spins waiting for a core that a parallel job elsewhere is holding.
+    with timing.thread_count(1):
+        expected = {"dense": metrics.perplexity(model, windows, batch_size=len(windows)),
+                    "0.1": library_perplexity(model, windows, 0.1),
+                    "0.5": library_perplexity(model, windows, 0.5)}
+    shown = {"dense": dense, "0.1": low, "0.5": high}
+    for key, labels in shown.items():
+        assert number(labels["perplexity"]) == f"{expected[key]:.2f}", (key, labels, expected[key])
+    assert number(high["perplexity"]) != number(dense["perplexity"])
+    # latency is noisy: a repeat can print the same 0.1 ms, but not twice in a row
+    assert low["latency"] != dense["latency"] or high["latency"] != dense["latency"], shown
+    assert all(re.fullmatch(r"latency \d+\.\d ms", s["latency"]) for s in shown.values()), shown
+    assert "50.0%" in high["status"]  # achieved sparsity, as the library counts it
+    marks["checked"] = time.monotonic() - started
+    print("seconds since start:", ", ".join(f"{k} {v:.1f}" for k, v in marks.items()))
+    print("shown:", {k: v["perplexity"] for k, v in shown.items()})
