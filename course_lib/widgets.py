@@ -116,7 +116,7 @@ class Explorer:
 
     def update(self) -> Point | None:
         """Measure (or recall) the current setting and refresh labels and plot."""
-        self.error_output.clear_output()
+        self.error_output.outputs = ()
         try:
             self.point("dense", 0.0)  # the baseline every ratio refers to
             current = self.point(self.method.value, self.slider.value)
@@ -125,8 +125,8 @@ class Explorer:
             intact = self._fingerprint() == self._original
             advice = "" if intact else " The model was left changed: reload it."
             self.labels["status"].value = f"<span style='color:#b00'>error: {err}{advice}</span>"
-            with self.error_output:
-                traceback.print_exception(type(err), err, err.__traceback__, limit=2)
+            self.error_output.append_stderr("".join(
+                traceback.format_exception(type(err), err, err.__traceback__, limit=2)))
             return None
         self._show(current)
         return current
@@ -138,9 +138,10 @@ class Explorer:
         self.labels["parameters"].value = f"parameters <b>{p.parameters / 1e6:.2f} M</b>"
         self.labels["status"].value = (f"{p.method} at {p.amount:.2f}: achieved sparsity "
                                        f"{p.sparsity:.1%}; {len(self.cache)} points cached")
-        self.plot_output.clear_output(wait=True)
-        with self.plot_output:
-            display(self.figure())
+        # Written into the widget's own state (not through `with output:` capture,
+        # which needs a live front end): the figure never leaks into the cell.
+        self.plot_output.outputs = ()
+        self.plot_output.append_display_data(self.figure())
 
     def figure(self):
         """Perplexity and speedup of every visited point, one line per method."""
