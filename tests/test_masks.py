@@ -101,6 +101,13 @@ def test_nm_mask_keeps_exactly_n_largest_per_group(rows, groups, m, data):
     assert (kept_min >= pruned_max).all()
 
 
+def test_ties_prune_the_earlier_weight_first_within_a_row():
+    scores = torch.tensor([[3.0, 1.0, 2.0, 1.0, 1.0, 5.0]])
+    assert topk_mask(scores, 0.5, "row").tolist() == [[True, False, True, False, False, True]]
+    assert topk_mask(scores, 2 / 6, "row").tolist() == [[True, False, True, False, True, True]]
+    assert topk_mask(scores, 2 / 6, "matrix").tolist() == [[True, False, True, False, True, True]]
+
+
 def test_nm_mask_with_ties_keeps_at_most_n_nonzeros():
     weight = torch.tensor([[0.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0]])
     keep = nm_mask(weight.abs(), 2, 4)

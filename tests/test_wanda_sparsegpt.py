@@ -210,8 +210,17 @@ def test_sparsegpt_lazy_update_granularity_does_not_change_the_result(pattern):
         other, other_keep = sparsegpt_layer(w, h, 0.5, pattern, update_block=update_block)
         assert torch.equal(keep, other_keep)
         assert torch.allclose(other, reference, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="multiple of update_block=48"):
-        sparsegpt_layer(w, h, 0.5, pattern, update_block=48)
+    if pattern is None:
+        with pytest.raises(ValueError, match="multiple of update_block=48"):
+            sparsegpt_layer(w, h, 0.5, pattern, update_block=48)
+
+
+def test_sparsegpt_nm_with_m_not_dividing_the_update_block():
+    x = correlated_inputs(512, 96, seed=5)
+    w = torch.randn(12, 96)
+    w_new, keep = sparsegpt_layer(w, x.t() @ x, pattern="2:6")  # update_block 16 -> 12
+    assert (keep.reshape(12, -1, 6).sum(-1) == 2).all()
+    assert torch.equal(w_new == 0, ~keep)
 
 
 def test_sparsegpt_dead_inputs():

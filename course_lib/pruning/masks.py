@@ -103,7 +103,7 @@ def _prune_count(size: int, sparsity: float) -> int:
 
 
 def _lowest_k(flat: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of exactly ``k`` lowest entries of a 1-D tensor (ties: first ones)."""
+    """Bool mask of exactly ``k`` lowest entries of a 1-D tensor (ties: earlier ones first)."""
     prune = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k == 0:
         return prune
@@ -133,8 +133,9 @@ def topk_mask(scores: torch.Tensor, sparsity: float, scope: str = "row") -> torc
         keep = scores > scores.kthvalue(k, dim=-1, keepdim=True).values
         if ((~keep).sum(-1) != k).any():
             # ...unless scores tie at a threshold (quantized weights do): then prune exactly the
-            # k lowest of every row (topk breaks the ties).
-            lowest = torch.topk(scores, k, dim=-1, largest=False).indices
+            # k lowest of every row, the earlier of tied weights first (a stable sort, as the
+            # reference implementations do; the tie-breaking moves SmolLM2's perplexity by 4%).
+            lowest = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
             keep = torch.ones_like(scores, dtype=torch.bool).scatter_(-1, lowest, False)
         return keep
     flat = scores.reshape(-1)
@@ -148,8 +149,10 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
         raise ValueError(f"in_features={in_features} is not a multiple of M={m}: N:M groups "
                          "must tile each row exactly.")
     groups = scores.reshape(out_features, in_features // m, m)
-    best = torch.topk(groups, n, dim=-1).indices  # exactly n per group, even with ties
-    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, best, True)
+    # Prune the m - n lowest of each group: exactly n stay, even with ties (which of tied
+    # scores goes is topk's choice, the same as in the reference implementations).
+    lowest = torch.topk(groups, m - n, dim=-1, largest=False).indices
+    keep = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, lowest, False)
     return keep.reshape(out_features, in_features)
 
 

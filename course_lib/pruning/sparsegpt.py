@@ -83,8 +83,8 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
 
     A pure function on tensors (inputs are not modified). ``blocksize``: columns per
     adaptive mask selection (unstructured). ``update_block``: columns between two lazy
-    batch updates; any value gives the same result up to rounding, small ones are
-    faster on a CPU. ``segments`` lists the row counts of matrices stacked in ``W``
+    batch updates (a multiple of M for N:M); any value gives the same result up to
+    rounding, small ones are faster on a CPU. ``segments`` lists the row counts of matrices stacked in ``W``
     because they share one input (q, k, v): each keeps its own sparsity in every
     block, exactly as if pruned separately.
     """
@@ -93,12 +93,11 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     if H.shape != (cols, cols):
         raise ValueError(f"H has shape {tuple(H.shape)}, but W is {tuple(W.shape)}: "
                          f"H must be ({cols}, {cols}), one row/column per input feature.")
-    if blocksize % update_block:
-        raise ValueError(f"blocksize={blocksize} must be a multiple of update_block={update_block}.")
-    if pattern is not None:
+    if pattern is not None:  # N:M: masks are chosen per M columns; blocks must hold whole groups
         check_pattern_fits(name, cols, pattern)
-        if update_block % pattern[1]:
-            raise ValueError(f"update_block={update_block} must be a multiple of M={pattern[1]}.")
+        update_block = max(pattern[1], update_block - update_block % pattern[1])
+    elif blocksize % update_block:
+        raise ValueError(f"blocksize={blocksize} must be a multiple of update_block={update_block}.")
     bounds = torch.tensor([0] + (segments or [rows])).cumsum(0).tolist()
 
     H = H.detach().float().clone()
