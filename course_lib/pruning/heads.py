@@ -55,7 +55,7 @@ def _as_index(value, what: str) -> int:
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{what} {value!r} is not an integer index "
-                        f"(got {type(value).__name__}).") from None
+                        f"(got {type(value).__name__}); give a whole number, e.g. 0.") from None
 
 
 def check_request(model: nn.Module, request, unit: str,
@@ -74,25 +74,26 @@ def check_request(model: nn.Module, request, unit: str,
         layer = _as_index(raw_layer, "layer index")
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer {layer} does not exist: the model has {n_layers} decoder "
-                             f"layers, numbered 0..{n_layers - 1} (negative indices are not "
-                             "accepted).")
+                             f"layers; use a layer index in 0..{n_layers - 1} (negative indices "
+                             "are not accepted).")
         if layer in clean:
             raise ValueError(f"layer {layer} appears twice in the request; merge its lists.")
         if isinstance(raw_indices, (torch.Tensor, np.ndarray)):
             raw_indices = raw_indices.tolist()
         if isinstance(raw_indices, (str, bytes)) or not isinstance(raw_indices, (Sequence, set, frozenset)):
             raise TypeError(f"layer {layer}: expected a list of {unit} indices, "
-                            f"got {type(raw_indices).__name__} {raw_indices!r}.")
+                            f"got {type(raw_indices).__name__} {raw_indices!r}; write a list, "
+                            f"e.g. {{{layer}: [0, 1]}}.")
         n = count_of(layer)
         seen: set[int] = set()
         for raw in raw_indices:
             i = _as_index(raw, f"{unit} index")
             if i < 0:
-                raise ValueError(f"layer {layer}: {unit} index {i} is negative; {unit}s are "
-                                 f"numbered 0..{n - 1} in this layer.")
+                raise ValueError(f"layer {layer}: {unit} index {i} is negative; use an index "
+                                 f"in 0..{n - 1} ({unit}s are counted from 0 in this layer).")
             if i >= n:
                 raise ValueError(f"layer {layer}: {unit} index {i} is out of range; this layer "
-                                 f"has {n} {unit}s, numbered 0..{n - 1}.")
+                                 f"has {n} {unit}s: use indices in 0..{n - 1}.")
             if i in seen:
                 raise ValueError(f"layer {layer}: {unit} index {i} is listed twice; "
                                  "give each index once.")
@@ -132,9 +133,9 @@ def _check_removable(model: nn.Module, layer: int, removed: list[int]) -> None:
     shape = arch.attention_shape(model, layer)
     if len(removed) >= shape.n_heads:
         raise ValueError(f"layer {layer}: removing all {shape.n_heads} heads would leave an "
-                         "attention block with no heads; a layer keeps at least one head. "
-                         "(To see what the layer does without attention, zero_heads accepts "
-                         "all of them.)")
+                         "attention block with no heads; a layer keeps at least one head, so "
+                         f"remove at most {shape.n_heads - 1}. (To see what the layer does "
+                         "without attention, zero_heads accepts all of them.)")
     g = shape.group_size
     if g == 1:  # plain multi-head attention: any subset works
         return

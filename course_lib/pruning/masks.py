@@ -40,7 +40,7 @@ def check_sparsity(sparsity) -> float:
                         "to remove, e.g. sparsity=0.5 for half of them.")
     value = float(sparsity)
     if math.isnan(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"sparsity={sparsity} is outside [0, 1): it is the fraction of weights "
+        raise ValueError(f"sparsity={sparsity} is outside [0, 1): choose the fraction of weights "
                          "to remove, e.g. 0.5 removes half (1.0 would remove every weight).")
     return value
 
@@ -70,7 +70,7 @@ def parse_pattern(pattern) -> tuple[int, int] | None:
         raise TypeError(f"pattern={pattern!r}: pass a string like '2:4' or a pair like (2, 4).")
     if not 0 < n < m:
         raise ValueError(f"pattern={pattern!r}: need 0 < N < M (N weights kept of every M), "
-                         f"got N={n}, M={m}.")
+                         f"got N={n}, M={m}. Use e.g. '2:4' (keep 2 of every 4).")
     return n, m
 
 
@@ -147,7 +147,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     out_features, in_features = scores.shape
     if in_features % m:
         raise ValueError(f"in_features={in_features} is not a multiple of M={m}: N:M groups "
-                         "must tile each row exactly.")
+                         f"must tile each row exactly. Choose an M that divides {in_features}.")
     groups = scores.reshape(out_features, in_features // m, m)
     # Prune the m - n lowest of each group: exactly n stay, even with ties (which of tied
     # scores goes is topk's choice, the same as in the reference implementations).
@@ -192,8 +192,8 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], description: s
                                  f"is {tuple(weight.shape)} as (out_features, in_features).")
             handle.save_tensor(modules[name].weight.data)  # the parameter itself, not the view
             weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
-    handle.info.update(masks=dict(masks) if keep_masks else None,
-                       sparsity=achieved_sparsity(modules[name] for name in masks))
+        handle.info.update(masks=dict(masks) if keep_masks else None,
+                           sparsity=achieved_sparsity(modules[name] for name in masks))
     return handle
 
 

@@ -77,8 +77,9 @@ def remove_neurons(model: nn.Module, neurons) -> PruneHandle:
         width = arch.mlp_width(model, layer)
         if len(chosen) >= width:
             raise ValueError(f"layer {layer}: removing all {width} MLP neurons would leave an "
-                             "MLP with no hidden units; a layer keeps at least one neuron. "
-                             "(zero_neurons accepts all of them, to see the layer without its MLP.)")
+                             "MLP with no hidden units; a layer keeps at least one neuron, so "
+                             f"remove at most {width - 1}. (zero_neurons accepts all of them, to "
+                             "see the layer without its MLP.)")
     handle = PruneHandle("remove neurons")
     layers = arch.decoder_layers(model)
     kept_original: dict[int, list[int]] = {}

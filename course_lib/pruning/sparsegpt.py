@@ -182,7 +182,8 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
     with restoring_on_error(handle):
         calibrate.walk(model, calib_windows, collect_hessian, prune_layer,
                        batch_size=batch_size, on_arrival=on_arrival, progress=progress)
-    handle.info.update(method="sparsegpt", requested=sparsity, scope="block", pattern=pattern,
-                       masks=masks if keep_masks else None,
-                       sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
+        # inside the guard: an interrupt here must not leave a pruned model without its handle
+        handle.info.update(method="sparsegpt", requested=sparsity, scope="block", pattern=pattern,
+                           masks=masks if keep_masks else None,
+                           sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
     return handle

@@ -61,7 +61,8 @@ def wanda_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: float =
     with restoring_on_error(handle):
         calibrate.walk(model, calib_windows, collect_sq_norms, prune_layer,
                        batch_size=batch_size, on_arrival=on_arrival, progress=progress)
-    handle.info.update(method="wanda", requested=sparsity, scope="row", pattern=pattern,
-                       masks=masks if keep_masks else None,
-                       sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
+        # inside the guard: an interrupt here must not leave a pruned model without its handle
+        handle.info.update(method="wanda", requested=sparsity, scope="row", pattern=pattern,
+                           masks=masks if keep_masks else None,
+                           sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
     return handle
