@@ -30,8 +30,8 @@ import transformers
 from . import arch, data, metrics, models, speed
 from .cli_pruning import heads_request, neurons_request, prune_with, structure_count
 from .pruning.masks import magnitude_prune
-from .pruning.heads import remove_heads
-from .pruning.mlp import remove_neurons
+from .pruning.heads import head_importance_contribution, remove_heads
+from .pruning.mlp import neuron_importance_activation, remove_neurons
 
 
 @dataclass(frozen=True)
@@ -99,9 +99,17 @@ def latency_section(model, windows, cfg: BenchConfig, threads: int, blocksize, l
     twin = copy.deepcopy(model)
     timing_args = dict(tokens=cfg.tokens, runs=cfg.runs, warmup=cfg.warmup, threads=threads)
 
+    # Data-aware importances, from the calibration windows (never the evaluated ones).
+    calibrated = {"heads": head_importance_contribution(model, windows.calib),
+                  "mlp": neuron_importance_activation(model, windows.calib)}
     for kind, request, remove in (("heads", heads_request, remove_heads),
                                   ("mlp", neurons_request, remove_neurons)):
         for fraction in cfg.structured:
+            handle = remove(twin, request(twin, fraction, calibrated[kind]))  # same amount
+            try:
+                ppl_calibrated = metrics.perplexity(twin, windows.eval)
+            finally:
+                handle.restore()
             handle = remove(twin, request(twin, fraction))
             try:
                 done = 1 - structure_count(twin, kind) / structure_count(model, kind)
@@ -114,7 +122,8 @@ def latency_section(model, windows, cfg: BenchConfig, threads: int, blocksize, l
                                         result.prefill_speedup, result.decode_speedup)
             finally:
                 handle.restore()
-            structured[(kind, fraction)] = dict(result=result, perplexity=ppl, achieved=done, gap=gap)
+            structured[(kind, fraction)] = dict(result=result, perplexity=ppl, achieved=done, gap=gap,
+                                                perplexity_calibrated=ppl_calibrated)
             rows.append(_row(label, "structured (smaller dense matrices)", result))
             _say(log, f"  {label}: speedup {result.prefill_speedup:.2f}x (ideal {result.ideal_speedup:.2f}x)")
 
@@ -238,7 +247,8 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         "latency": latency["rows"],
         "structured_quality": [
             {"configuration": f"{kind} {fraction:.0%} requested", "achieved": v["achieved"],
-             "perplexity": v["perplexity"], "speedup": v["result"].prefill_speedup,
+             "perplexity": v["perplexity"], "perplexity_calibrated": v["perplexity_calibrated"],
+             "speedup": v["result"].prefill_speedup,
              "ideal_speedup": v["result"].ideal_speedup,
              "decode_speedup": v["result"].decode_speedup}
             for (kind, fraction), v in latency["structured"].items()],
@@ -349,17 +359,21 @@ def to_markdown(r: dict) -> str:
     for q in r["quality"][1:]:
         lines.append(f"| {q['method']} | {q['sparsity']} | {_pct(q['achieved'])} | "
                      f"{q['perplexity']:.2f} | {q['prune_seconds']:.1f} |")
-    lines += ["", "Structured removal (least important by weight norm, every layer; with GQA the "
-              "same number of query heads per KV group). The weight-norm score is free but blind "
-              "to the data: it can remove neurons that carry large activations, and the damage "
-              "compounds over the layers (compare the calibrated scores in the lessons):", "",
-              "| removal | requested | achieved | perplexity | prefill speedup | ideal speedup | decode speedup |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "Structured removal, the same amount in every layer (with GQA the same number of "
+              "query heads per KV group), chosen by two scores. The weight norm is free but blind to "
+              "the data: it can remove neurons that carry large activations, and the damage compounds "
+              "over the layers. The calibrated score measures each head's contribution to the "
+              "residual stream / each neuron's mean |activation| on the calibration windows. Both "
+              "remove the same number of heads or neurons, so the shapes, and the speedups "
+              "(measured on the weight-norm model), are the same:", "",
+              "| removal | requested | achieved | perplexity (weight norm) | perplexity (calibrated) "
+              "| prefill speedup | ideal speedup | decode speedup |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for s in r["structured_quality"]:
         kind, requested = s["configuration"].split()[:2]
         name = "attention heads" if kind == "heads" else "MLP neurons"
         lines.append(f"| {name} | {requested} | {_pct(s['achieved'])} | {s['perplexity']:.2f} | "
-                     f"{s['speedup']:.2f}x | {s['ideal_speedup']:.2f}x | {_f(s['decode_speedup'])}x |")
+                     f"{s['perplexity_calibrated']:.2f} | {s['speedup']:.2f}x | {s['ideal_speedup']:.2f}x | {_f(s['decode_speedup'])}x |")
 
     c, mc = r["curve"], r["model_curve"]
     layouts = list(c["speedups"])

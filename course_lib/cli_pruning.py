@@ -48,8 +48,11 @@ def _round_half_up(x: float) -> int:
     return int(x + 0.5)
 
 
-def heads_request(model: nn.Module, fraction: float) -> dict[int, list[int]]:
-    """The least important heads (output-projection norm), ``fraction`` of each layer's heads.
+def heads_request(model: nn.Module, fraction: float, scores=None) -> dict[int, list[int]]:
+    """The least important heads, ``fraction`` of each layer's heads.
+
+    ``scores``: a layers x heads importance table (default: output-projection norm,
+    ``head_importance_weight_norm``; ``head_importance_contribution`` sees the data).
 
     With grouped-query attention every KV group must keep as many query heads as
     the others, so the same number goes from every group: round(fraction x
@@ -69,12 +72,18 @@ def heads_request(model: nn.Module, fraction: float) -> dict[int, list[int]]:
         count = per_group * shape.n_kv_heads
     else:
         count = min(max(_round_half_up(fraction * shape.n_heads), 1), shape.n_heads - 1)
-    return least_important_heads(head_importance_weight_norm(model), count=count, model=model)
+    scores = head_importance_weight_norm(model) if scores is None else scores
+    return least_important_heads(scores, count=count, model=model)
 
 
-def neurons_request(model: nn.Module, fraction: float) -> dict[int, list[int]]:
-    """The least important MLP neurons (weight norms), ``fraction`` of every layer."""
-    return least_important_neurons(neuron_importance_weight_norm(model), check_sparsity(fraction))
+def neurons_request(model: nn.Module, fraction: float, scores=None) -> dict[int, list[int]]:
+    """The least important MLP neurons, ``fraction`` of every layer.
+
+    ``scores``: per-layer importances (default: weight norms; ``neuron_importance_activation``
+    sees the data).
+    """
+    scores = neuron_importance_weight_norm(model) if scores is None else scores
+    return least_important_neurons(scores, check_sparsity(fraction))
 
 
 def prune_with(model: nn.Module, method: str, sparsity: float, pattern=None,

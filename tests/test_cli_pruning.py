@@ -7,7 +7,7 @@ import torch
 
 from course_lib import arch, models
 from course_lib.__main__ import main
-from course_lib.cli_pruning import heads_request, prune_with
+from course_lib.cli_pruning import heads_request, neurons_request, prune_with
 
 FAST = ["--seq-len", "32", "--n-eval", "2", "--n-calib", "4", "--runs", "1",
         "--latency-tokens", "8", "--threads", "1", "--json"]
@@ -78,6 +78,19 @@ def test_heads_request_removes_the_same_number_per_kv_group():
     assert arch.attention_shape(model, 0).n_heads == 6
 
 
+def test_requests_follow_the_given_scores():
+    """A calibrated score replaces the weight norm: the lowest-scoring units go, same amount."""
+    model, _ = models.load("tiny-llama")  # 2 layers, 6 heads in 2 KV groups
+    scores = torch.arange(12, dtype=torch.float).reshape(2, 6).flip(-1)  # head 5 lowest, then 4...
+    request = heads_request(model, 0.25, scores=scores.numpy())
+    assert request == {0: [2, 5], 1: [2, 5]}  # the lowest of each KV group
+    width = arch.mlp_width(model, 0)
+    neuron_scores = [torch.arange(width, dtype=torch.float).flip(0) for _ in range(2)]
+    request = neurons_request(model, 0.25, scores=neuron_scores)
+    lowest = sorted(range(width - width // 4, width))
+    assert {layer: sorted(n) for layer, n in request.items()} == {0: lowest, 1: lowest}
+
+
 def test_bench_quick_writes_the_report(tmp_path, capsys):
     assert main(["bench", "tiny-gpt2", "--quick", "--out", str(tmp_path), "--threads", "1",
                  "--json"]) == 0
@@ -85,7 +98,8 @@ def test_bench_quick_writes_the_report(tmp_path, capsys):
     text = (tmp_path / "results.md").read_text()
     for section in ("Machine:", "## (a) Latency", "## (b) Quality", "## (c) Sparse kernels",
                     "Break-even", "## (d) 2:4", "## Checks", "CSR 90% on MLP layers",
-                    "MLP neurons removed 50%", "heads removed 50%", "sparsegpt | 2:4"):
+                    "MLP neurons removed 50%", "heads removed 50%", "sparsegpt | 2:4",
+                    "perplexity (calibrated)"):
         assert section in text, section
     if not torch.cuda.is_available():
         assert "not measured here (no CUDA)" in text

@@ -13,7 +13,6 @@ drops the copies (frees memory; no way back after that).
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
