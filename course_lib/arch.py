@@ -121,3 +121,16 @@ def mlp_width(model: nn.Module, layer_index: int) -> int:
 def lm_head_shape(model: nn.Module) -> tuple[int, int]:
     weight = model.get_output_embeddings().weight
     return tuple(weight.shape)
+
+
+def check_token_ids(model: nn.Module, windows: torch.Tensor, what: str = "the windows") -> None:
+    """Refuse token ids the model's embedding has no row for (torch's IndexError says little).
+
+    It happens when windows made with one model's tokenizer are fed to another model.
+    """
+    vocab = model.get_input_embeddings().num_embeddings
+    if windows.numel() and (int(windows.max()) >= vocab or int(windows.min()) < 0):
+        bad = int(windows.max()) if int(windows.max()) >= vocab else int(windows.min())
+        raise ValueError(f"{what} hold token id {bad}, but {type(model).__name__} has a vocabulary "
+                         f"of {vocab} (ids 0..{vocab - 1}): they were made with another model's "
+                         "tokenizer. Make them with this model's: data.windows_for(tokenizer, name).")

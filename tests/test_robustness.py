@@ -510,6 +510,23 @@ def test_text_shorter_than_the_requested_windows_is_refused(tmp_path):
     says(info, "too short", "Ask for fewer or shorter windows")
 
 
+@pytest.mark.parametrize("use", ["perplexity", "wanda", "sparsegpt"])
+def test_windows_of_another_models_tokenizer_are_refused(use):
+    model, _ = models.load("tiny-llama", device="cpu")
+    vocab = model.get_input_embeddings().num_embeddings
+    windows = torch.randint(0, vocab, (2, 16))
+    windows[1, 3] = 49151  # a SmolLM2 token id: far beyond the tiny model's vocabulary
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError) as info:
+        if use == "perplexity":
+            metrics.perplexity(model, windows)
+        else:
+            (wanda_prune if use == "wanda" else sparsegpt_prune)(model, windows, 0.5)
+    says(info, "token id 49151", f"vocabulary of {vocab}", "another model's tokenizer",
+         "data.windows_for(tokenizer, name)")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_unknown_text_source_is_refused():
     with pytest.raises(ValueError) as info:
         data.text_dataset("wikipedia")
@@ -801,6 +818,23 @@ def test_an_interrupted_save_never_leaves_a_folder_that_loads_wrong(tmp_path, mo
              "the save was interrupted")
     io.save_pruned(model, tmp_path / "m", tokenizer=tokenizer)  # and the next save just works
     assert torch.equal(logits(io.load_pruned(tmp_path / "m", device="cpu")[0]), pruned)
+
+
+def test_leftovers_of_a_killed_write_are_swept_once_stale(tmp_path):
+    """A hard kill leaves a hidden staging folder (hundreds of MB for a real model): the next
+    write removes those over an hour old, and never touches a live one or anything else."""
+    stale, live = tmp_path / ".m.saving-dead", tmp_path / ".m.saving-live"
+    other = tmp_path / ".m.old-keep"  # a previous save moved aside: not a staging folder
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"\0" * 100)
+    two_hours_ago = time.time() - 7200
+    for path in (stale, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    model, _ = models.load("tiny-gpt2", device="cpu")
+    io.save_pruned(model, tmp_path / "m")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert models.remove_stale_staging(tmp_path, ".m.saving-*", max_age_s=0) == [live]
 
 
 # ========================================= G. properties of the masks; explorer stress

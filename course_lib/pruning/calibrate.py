@@ -231,8 +231,8 @@ def layer_modules(model: nn.Module, index: int) -> dict[str, nn.Module]:
     return {name: m for name, m in arch.prunable_linears(model).items() if name.startswith(prefix)}
 
 
-def check_windows(windows) -> torch.Tensor:
-    """Calibration windows must be a (n, seq_len) LongTensor of token ids."""
+def check_windows(windows, model: nn.Module | None = None) -> torch.Tensor:
+    """Calibration windows must be a (n, seq_len) LongTensor of ``model``'s token ids."""
     if hasattr(windows, "calib") and isinstance(windows.calib, torch.Tensor):
         raise TypeError("calib_windows is a data.Windows: pass its .calib tensor "
                         "(e.g. windows.calib), the calibration token windows.")
@@ -244,4 +244,6 @@ def check_windows(windows) -> torch.Tensor:
                         + ". Use data.windows_for(tokenizer, name).calib.")
     if windows.shape[0] == 0:
         raise ValueError("calib_windows holds no window: calibration needs at least one.")
+    if model is not None:
+        arch.check_token_ids(model, windows, "calib_windows")
     return windows

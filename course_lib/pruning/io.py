@@ -143,6 +143,7 @@ def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=Non
                          "choose a new folder, or delete this one yourself.")
     manifest = _manifest(model, handle_or_manifest)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    models.remove_stale_staging(folder.parent, f".{folder.name}.saving-*")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
     try:
         save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})  # tied weights once

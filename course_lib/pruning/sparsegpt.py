@@ -157,7 +157,7 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
     "true sequential" option).
     """
     sparsity, pattern = check_target(model, sparsity, pattern)
-    calib_windows = calibrate.check_windows(calib_windows)
+    calib_windows = calibrate.check_windows(calib_windows, model)
     handle = PruneHandle(describe("sparsegpt", sparsity, pattern))
     masks = {}
 

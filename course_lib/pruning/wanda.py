@@ -43,7 +43,7 @@ def wanda_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: float =
     ``batch_size`` / ``on_arrival``: how the layers are walked, see ``calibrate.walk``.
     """
     sparsity, pattern = check_target(model, sparsity, pattern)
-    calib_windows = calibrate.check_windows(calib_windows)
+    calib_windows = calibrate.check_windows(calib_windows, model)
     handle = PruneHandle(describe("wanda", sparsity, pattern))
     masks = {}
 
