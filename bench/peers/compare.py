@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -36,22 +37,23 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # course_lib from this checkout, with the peer's transformers
 
 import torch  # noqa: E402
+import transformers  # noqa: E402
 
 from course_lib import data, metrics, models  # noqa: E402
 from course_lib.pruning.sparsegpt import sparsegpt_prune  # noqa: E402
 from course_lib.pruning.wanda import wanda_prune  # noqa: E402
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m"  # the reference protocol's model; --model takes any course_lib name
 PPL_TARGET, TIME_TARGET = 1.02, 0.8
 DECODER_LAYERS = r"re:model\.layers\.\d+$"  # every Linear inside them; never lm_head
 
 
-def ours(method, model, calib, pattern):
+def ours(method, model, tokenizer, calib, pattern):
     prune = wanda_prune if method == "wanda" else sparsegpt_prune
     prune(model, calib, 0.5, pattern=pattern, keep_masks=False)
 
 
-def theirs(method, model, calib, pattern):
+def theirs(method, model, tokenizer, calib, pattern):
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
@@ -59,17 +61,32 @@ def theirs(method, model, calib, pattern):
     modifier = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
     recipe = modifier(sparsity=0.5, mask_structure=pattern or "0:0", targets=[DECODER_LAYERS],
                       ignore=["re:.*lm_head"])
+    if not model.config.name_or_path:  # built in memory (the tiny models): the peer re-reads
+        folder = tempfile.mkdtemp(prefix="peer-config-")  # the config from disk, so give it one
+        model.config.save_pretrained(folder)
+        model.config.name_or_path = folder
     windows = Dataset.from_dict({"input_ids": calib.tolist(),
                                  "attention_mask": torch.ones_like(calib).tolist()})
-    oneshot(model=model, dataset=windows, recipe=recipe, pipeline="sequential",
+    oneshot(model=model, processor=tokenizer, dataset=windows, recipe=recipe, pipeline="sequential",
             num_calibration_samples=len(calib), max_seq_length=calib.shape[1],
             shuffle_calibration_samples=False, batch_size=1)
 
 
-def measure(side, method, pattern, windows):
-    model, _ = models.load(MODEL)
+def peer_version() -> str:
+    """Import llm-compressor, quietly (it logs every layer; METRIC is level 38)."""
+    import llmcompressor
+    from loguru import logger
+
+    logging.getLogger("llmcompressor").setLevel(logging.WARNING)
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    return llmcompressor.__version__
+
+
+def measure(side, method, pattern, windows, model_name=MODEL):
+    model, tokenizer = models.load(model_name)
     start = time.perf_counter()
-    side(method, model, windows.calib, pattern)
+    side(method, model, tokenizer, windows.calib, pattern)
     seconds = time.perf_counter() - start
     zeros = metrics.total_sparsity(model)
     ppl = metrics.perplexity(model, windows.eval)
@@ -83,6 +100,10 @@ def main(argv=None) -> int:
     parser.add_argument("--pattern", action="append", choices=["50%", "2:4"],
                         help="repeatable; default: both 50%% unstructured and 2:4")
     parser.add_argument("--out", default=str(ROOT / "bench" / "peers"))
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--n-calib", type=int, default=32)
+    parser.add_argument("--n-eval", type=int, default=16)
     args = parser.parse_args(argv)
     methods = args.methods or ["wanda", "sparsegpt"]
     unknown = set(methods) - {"wanda", "sparsegpt"}
@@ -91,28 +112,24 @@ def main(argv=None) -> int:
     patterns = [None if p == "50%" else p for p in (args.pattern or ["50%", "2:4"])]
 
     torch.set_num_threads(2)
-    logging.getLogger("llmcompressor").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore")
-    import llmcompressor
-    import transformers
-    from loguru import logger
-    logger.remove()  # llm-compressor logs every layer (METRIC is level 38); keep the table readable
-    logger.add(sys.stderr, level="ERROR")
+    peer = peer_version()
 
-    _, tokenizer = models.load(MODEL)
-    windows = data.windows_for(tokenizer, MODEL)
-    print(f"{MODEL}: calibration {tuple(windows.calib.shape)}, evaluation "
+    _, tokenizer = models.load(args.model)
+    windows = data.windows_for(tokenizer, args.model, seq_len=args.seq_len, n_calib=args.n_calib,
+                               n_eval=args.n_eval)
+    print(f"{args.model}: calibration {tuple(windows.calib.shape)}, evaluation "
           f"{tuple(windows.eval.shape)}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, transformers {transformers.__version__}, llm-compressor "
-          f"{llmcompressor.__version__}", flush=True)
+          f"{torch.__version__}, transformers {transformers.__version__}, llm-compressor {peer}",
+          flush=True)
     header = ("| method | pattern | ppl ours | ppl theirs | ppl ours/theirs | s ours | s theirs "
               "| time ours/theirs | within targets |")
     rows, results = [header, "|---|---|---:|---:|---:|---:|---:|---:|---|"], []
     print(header, flush=True)
     for pattern in patterns:
         for method in methods:
-            a = measure(ours, method, pattern, windows)
-            b = measure(theirs, method, pattern, windows)
+            a = measure(ours, method, pattern, windows, args.model)
+            b = measure(theirs, method, pattern, windows, args.model)
             ppl_ratio, time_ratio = a["perplexity"] / b["perplexity"], a["seconds"] / b["seconds"]
             ok = ppl_ratio <= PPL_TARGET and time_ratio <= TIME_TARGET
             row = (f"| {method} | {pattern or '50%'} | {a['perplexity']:.2f} | {b['perplexity']:.2f} "
@@ -126,11 +143,15 @@ def main(argv=None) -> int:
     note = (f"\nTargets: perplexity ours/theirs <= {PPL_TARGET}, prune time ours/theirs <= "
             f"{TIME_TARGET}. Same model, windows and perplexity code on both sides; measured "
             f"in one run, the two sides alternating. torch {torch.__version__}, transformers "
-            f"{transformers.__version__}, llm-compressor {llmcompressor.__version__}, "
+            f"{transformers.__version__}, llm-compressor {peer}, "
             f"{torch.get_num_threads()} threads.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text("# Ours vs llm-compressor, SmolLM2-135M, reference protocol\n\n"
+    protocol = ("reference protocol" if (args.seq_len, args.n_calib, args.n_eval) == (256, 32, 16)
+                else f"{args.n_calib} x {args.seq_len} calibration, {args.n_eval} x {args.seq_len} "
+                     "evaluation tokens")
+    title = f"{'SmolLM2-135M' if args.model == MODEL else args.model}, {protocol}"
+    (out / "results.md").write_text(f"# Ours vs llm-compressor, {title}\n\n"
                                     + "\n".join(rows) + "\n" + note + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(note.strip())
