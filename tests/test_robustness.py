@@ -820,6 +820,32 @@ def test_an_interrupted_save_never_leaves_a_folder_that_loads_wrong(tmp_path, mo
     assert torch.equal(logits(io.load_pruned(tmp_path / "m", device="cpu")[0]), pruned)
 
 
+def test_a_save_killed_between_its_two_renames_points_at_the_previous_one(tmp_path, monkeypatch):
+    model, _ = models.load("tiny-gpt2", device="cpu")
+    io.save_pruned(model, tmp_path / "m")
+    dense = logits(model)
+    real_replace = io.os.replace
+    moves = []
+
+    def killed_after_moving_aside(src, dst):  # the old save moves aside, then the process dies:
+        if moves:                              # neither the new save nor the rollback happens
+            raise SystemExit("killed")
+        moves.append((src, dst))
+        real_replace(src, dst)
+    monkeypatch.setattr(io.os, "replace", killed_after_moving_aside)
+    monkeypatch.setattr(io.shutil, "rmtree", lambda *a, **k: None)
+    with pytest.raises(SystemExit):
+        io.save_pruned(model, tmp_path / "m")
+    monkeypatch.undo()
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(FileNotFoundError) as info:
+        io.load_pruned(tmp_path / "m")
+    message = says(info, "An interrupted save left the previous one in", "rename it back to m")
+    aside = Path(message.split("previous one in ")[1].split(":")[0])
+    real_replace(aside, tmp_path / "m")
+    assert torch.equal(logits(io.load_pruned(tmp_path / "m", device="cpu")[0]), dense)
+
+
 def test_leftovers_of_a_killed_write_are_swept_once_stale(tmp_path):
     """A hard kill leaves a hidden staging folder (hundreds of MB for a real model): the next
     write removes those over an hour old, and never touches a live one or anything else."""

@@ -172,8 +172,14 @@ def read_manifest(folder) -> dict:
     """The manifest of a save, with a clear error when ``folder`` is not one."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
+        folder = Path(folder).absolute()
+        # A kill between "move the previous save aside" and "rename the new one in" leaves
+        # the previous save under a hidden name: point at it rather than lose it.
+        aside = sorted(p for p in folder.parent.glob(f".{folder.name}.old-*") if (p / MANIFEST).is_file())
+        hint = (f" An interrupted save left the previous one in {aside[-1]}: rename it back to "
+                f"{folder.name} to use it." if aside and not folder.exists() else "")
         raise FileNotFoundError(f"{path} not found: {folder} is not a folder written by "
-                                "save_pruned (or the save was interrupted).")
+                                f"save_pruned (or the save was interrupted).{hint}")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path} has format {manifest.get('format')!r}, expected {FORMAT!r}.")
