@@ -31,6 +31,8 @@ import torch
 from torch import nn
 
 from .. import arch
+from .masks import achieved_sparsity
+from .undo import PruneHandle, restoring_on_error
 
 
 class _Stop(Exception):
@@ -247,3 +249,20 @@ def check_windows(windows, model: nn.Module | None = None) -> torch.Tensor:
     if model is not None:
         arch.check_token_ids(model, windows, "calib_windows")
     return windows
+
+
+def prune_walking(model: nn.Module, handle: PruneHandle, calib_windows: torch.Tensor, collect,
+                  prune_layer, masks: dict | None, batch_size: int, on_arrival: str, progress,
+                  **info) -> PruneHandle:
+    """``walk`` with the promise every calibrated pruner makes: all or nothing.
+
+    Any error (a bad argument, Ctrl-C mid-calibration) restores every weight before it
+    reaches the caller; the summary (``info`` + masks + achieved sparsity) is written
+    inside the same guard, so no interrupt leaves a pruned model without its handle.
+    """
+    with restoring_on_error(handle):
+        walk(model, calib_windows, collect, prune_layer, batch_size=batch_size,
+             on_arrival=on_arrival, progress=progress)
+        handle.info.update(info, masks=masks,
+                           sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
+    return handle

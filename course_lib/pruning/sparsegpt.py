@@ -24,9 +24,9 @@ from torch import nn
 
 from .. import arch
 from . import calibrate
-from .masks import (achieved_sparsity, check_pattern_fits, check_sparsity, check_target, describe,
+from .masks import (check_pattern_fits, check_sparsity, check_target, describe,
                     nm_mask, parse_pattern, topk_mask)
-from .undo import PruneHandle, restoring_on_error
+from .undo import PruneHandle
 
 MAX_DAMP = 10.0  # give up once the dampening reaches 10x the mean diagonal
 
@@ -179,11 +179,7 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
                     masks[full_name[id(module)]] = keep[rows]
                 start += weight.shape[0]
 
-    with restoring_on_error(handle):
-        calibrate.walk(model, calib_windows, collect_hessian, prune_layer,
-                       batch_size=batch_size, on_arrival=on_arrival, progress=progress)
-        # inside the guard: an interrupt here must not leave a pruned model without its handle
-        handle.info.update(method="sparsegpt", requested=sparsity, scope="block", pattern=pattern,
-                           masks=masks if keep_masks else None,
-                           sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
-    return handle
+    return calibrate.prune_walking(model, handle, calib_windows, collect_hessian, prune_layer,
+                                   masks if keep_masks else None, batch_size, on_arrival, progress,
+                                   method="sparsegpt", requested=sparsity, scope="block",
+                                   pattern=pattern)

@@ -18,8 +18,8 @@ from torch import nn
 
 from .. import arch
 from . import calibrate
-from .masks import achieved_sparsity, check_target, describe, scores_to_mask
-from .undo import PruneHandle, restoring_on_error
+from .masks import check_target, describe, scores_to_mask
+from .undo import PruneHandle
 
 
 def collect_sq_norms(stat, x: torch.Tensor) -> torch.Tensor:
@@ -58,11 +58,6 @@ def wanda_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: float =
                 if keep_masks:
                     masks[full_name[id(module)]] = keep
 
-    with restoring_on_error(handle):
-        calibrate.walk(model, calib_windows, collect_sq_norms, prune_layer,
-                       batch_size=batch_size, on_arrival=on_arrival, progress=progress)
-        # inside the guard: an interrupt here must not leave a pruned model without its handle
-        handle.info.update(method="wanda", requested=sparsity, scope="row", pattern=pattern,
-                           masks=masks if keep_masks else None,
-                           sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
-    return handle
+    return calibrate.prune_walking(model, handle, calib_windows, collect_sq_norms, prune_layer,
+                                   masks if keep_masks else None, batch_size, on_arrival, progress,
+                                   method="wanda", requested=sparsity, scope="row", pattern=pattern)
