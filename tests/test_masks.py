@@ -118,29 +118,21 @@ def test_nm_mask_with_ties_keeps_at_most_n_nonzeros():
 
 @FAST
 @given(rows=st.integers(1, 8), cols=st.integers(1, 40), sparsity=st.floats(0, 0.99),
-       ties=st.booleans())
-def test_topk_mask_row_prunes_the_same_count_in_every_row(rows, cols, sparsity, ties):
+       ties=st.booleans(), scope=st.sampled_from(["row", "matrix"]))
+def test_topk_mask_prunes_the_requested_count_of_the_lowest(rows, cols, sparsity, ties, scope):
     scores = torch.randn(rows, cols)
     if ties:  # few distinct values: the count must still be exact
         scores = scores.round()
-    keep = topk_mask(scores, sparsity, "row")
-    assert ((~keep).sum(-1) == round(sparsity * cols)).all()
-    kept_min = scores.masked_fill(~keep, float("inf")).amin(-1)
-    pruned_max = scores.masked_fill(keep, float("-inf")).amax(-1)
-    assert (kept_min >= pruned_max).all()
-
-
-@FAST
-@given(rows=st.integers(1, 8), cols=st.integers(1, 40), sparsity=st.floats(0, 0.99),
-       ties=st.booleans())
-def test_topk_mask_matrix_prunes_the_requested_count(rows, cols, sparsity, ties):
-    scores = torch.randn(rows, cols)
-    if ties:  # few distinct values: the count must still be exact
-        scores = scores.round()
-    keep = topk_mask(scores, sparsity, "matrix")
-    assert int((~keep).sum()) == round(sparsity * rows * cols)
-    if (~keep).any() and keep.any():
-        assert scores[keep].min() >= scores[~keep].max()
+    keep = topk_mask(scores, sparsity, scope)
+    if scope == "row":  # the same count in every row, each row's lowest
+        assert ((~keep).sum(-1) == round(sparsity * cols)).all()
+        kept_min = scores.masked_fill(~keep, float("inf")).amin(-1)
+        pruned_max = scores.masked_fill(keep, float("-inf")).amax(-1)
+        assert (kept_min >= pruned_max).all()
+    else:
+        assert int((~keep).sum()) == round(sparsity * rows * cols)
+        if (~keep).any() and keep.any():
+            assert scores[keep].min() >= scores[~keep].max()
 
 
 @FAST
