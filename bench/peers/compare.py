@@ -19,6 +19,7 @@ and of prune time (target <= 0.8).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -83,8 +84,8 @@ def peer_version() -> str:
     return llmcompressor.__version__
 
 
-def measure(side, method, pattern, windows, model_name=MODEL):
-    model, tokenizer = models.load(model_name)
+def measure(side, method, pattern, windows, base, tokenizer):
+    model = copy.deepcopy(base)  # each side prunes its own fresh copy
     start = time.perf_counter()
     side(method, model, tokenizer, windows.calib, pattern)
     seconds = time.perf_counter() - start
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore")
     peer = peer_version()
 
-    _, tokenizer = models.load(args.model)
+    base, tokenizer = models.load(args.model)
     windows = data.windows_for(tokenizer, args.model, seq_len=args.seq_len, n_calib=args.n_calib,
                                n_eval=args.n_eval)
     print(f"{args.model}: calibration {tuple(windows.calib.shape)}, evaluation "
@@ -128,8 +129,8 @@ def main(argv=None) -> int:
     print(header, flush=True)
     for pattern in patterns:
         for method in methods:
-            a = measure(ours, method, pattern, windows, args.model)
-            b = measure(theirs, method, pattern, windows, args.model)
+            a = measure(ours, method, pattern, windows, base, tokenizer)
+            b = measure(theirs, method, pattern, windows, base, tokenizer)
             ppl_ratio, time_ratio = a["perplexity"] / b["perplexity"], a["seconds"] / b["seconds"]
             ok = ppl_ratio <= PPL_TARGET and time_ratio <= TIME_TARGET
             row = (f"| {method} | {pattern or '50%'} | {a['perplexity']:.2f} | {b['perplexity']:.2f} "
