@@ -48,7 +48,7 @@ WARM := $(PY) -m course_lib info smollm2-135m >/dev/null && $(PY) -m course_lib 
 
 run: $(STAMP)
 	$(WARM)
-	$(PY) -m course_lib.run_all --out build
+	$(PY) -m course_lib.teaching.run_all --out build
 
 test: $(STAMP)
 	$(WARM)
@@ -66,7 +66,7 @@ sync: $(STAMP)
 
 execute: $(STAMP)
 	$(WARM)
-	$(PY) -m course_lib.run_all --in-place
+	$(PY) -m course_lib.teaching.run_all --in-place
 
 bench: $(STAMP)
 	$(PY) -m course_lib bench --out bench
@@ -89,10 +89,10 @@ bench-peers: $(STAMP) $(PEERS)/.installed
 # The presenter dashboard: the five explorers, code hidden, large type (presenter/README.md).
 PORT ?= 8866
 present: $(STAMP)
-	$(PY) -m course_lib.presenter --port $(PORT)
+	$(PY) -m course_lib.teaching.presenter --port $(PORT)
 
 student: $(STAMP)
-	$(PY) -m course_lib.student --out build/student
+	$(PY) -m course_lib.teaching.student --out build/student
 
 clean:
 	rm -rf build

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch
 
-from course_lib import data, metrics, models
+from course_lib.core import data, metrics, models
 from course_lib.pruning.masks import magnitude_prune
 from course_lib.pruning.sparsegpt import sparsegpt_prune
 from course_lib.pruning.wanda import wanda_prune

@@ -1,9 +1,14 @@
 """course_lib: the library behind "Pruning LLMs, hands-on".
 
-Modules, by what the student learns: ``models`` and ``data`` (what we prune and
-measure on), ``metrics`` and ``timing`` (how we measure), ``pruning`` (the
-kernels, one module per family of methods), ``speed`` (where speed comes from),
-``widgets`` and ``plots`` (seeing it), ``checks`` (exercises).
+Organised by what the student learns; arrows point down only (cli and teaching
+use runtime and pruning, which use core):
+
+- ``core``: what we prune and how we measure it (models, data, arch, metrics, timing);
+- ``pruning``: the kernels, one module per family (masks, heads, mlp, wanda, sparsegpt,
+  calibrate, undo, io, recipes);
+- ``runtime``: where speed comes from (speed: ideal vs measured; sparse: CSR/BSR, 2:4);
+- ``teaching``: lesson, widgets, plots, checks, student, presenter, summary, run_all;
+- ``cli``: ``python -m course_lib`` (info, eval, prune, bench).
 """
 import os
 

@@ -35,9 +35,10 @@ N_EVAL = 4  # evaluation windows of 128 tokens
 # %%
 import numpy as np
 
-from course_lib import arch, checks, lesson, plots, summary
+from course_lib.core import arch
 from course_lib.pruning import heads
-from course_lib.widgets import Explorer
+from course_lib.teaching import checks, lesson, plots, summary
+from course_lib.teaching.widgets import Explorer
 
 run = lesson.start(MODEL, device=DEVICE, n_eval=N_EVAL)
 model = run.model

@@ -37,9 +37,10 @@ N_EVAL = 8  # evaluation windows of 128 tokens (more: steadier numbers, slower)
 # %%
 import torch
 
-from course_lib import arch, checks, lesson, metrics, plots, summary
+from course_lib.core import arch, metrics
 from course_lib.pruning import heads
-from course_lib.widgets import Explorer
+from course_lib.teaching import checks, lesson, plots, summary
+from course_lib.teaching.widgets import Explorer
 
 run = lesson.start(MODEL, device=DEVICE, n_eval=N_EVAL)
 model = run.model

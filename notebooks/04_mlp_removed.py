@@ -31,9 +31,11 @@ DEVICE = None  # None: CUDA if present, else CPU
 N_EVAL = 8  # evaluation windows of 128 tokens
 
 # %%
-from course_lib import arch, checks, lesson, metrics, plots, speed, summary
+from course_lib.core import arch, metrics
 from course_lib.pruning import mlp
-from course_lib.widgets import Explorer
+from course_lib.runtime import speed
+from course_lib.teaching import checks, lesson, plots, summary
+from course_lib.teaching.widgets import Explorer
 
 run = lesson.start(MODEL, device=DEVICE, n_eval=N_EVAL)
 model = run.model

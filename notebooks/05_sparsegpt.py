@@ -37,9 +37,11 @@ import time
 
 import torch
 
-from course_lib import checks, data, lesson, metrics, plots, speed, summary
+from course_lib.core import data, metrics
 from course_lib.pruning import masks, one_layer, sparsegpt, wanda
-from course_lib.widgets import Explorer
+from course_lib.runtime import sparse
+from course_lib.teaching import checks, lesson, plots, summary
+from course_lib.teaching.widgets import Explorer
 
 run = lesson.start(MODEL, device=DEVICE, n_eval=N_EVAL, n_calib=N_CALIB)
 model, calib = run.model, run.windows.calib
@@ -158,7 +160,7 @@ print("50% zeros, dense kernels: latency within 15% of dense:", abs(dense_kernel
 # tokens, dense vs CSR and block-sparse (BSR) at rising sparsity:
 
 # %% tags=["nbval-ignore-output"]
-sparse_curve = speed.sparse_layer_ratios(weight, [0.5, 0.7, 0.9, 0.95], tokens=128)
+sparse_curve = sparse.sparse_layer_ratios(weight, [0.5, 0.7, 0.9, 0.95], tokens=128)
 for layout in ("csr", "bsr"):
     print(f"{layout}: break-even sparsity ~ {sparse_curve.break_even(layout)}")
 plots.curves([s * 100 for s in sparse_curve.sparsities],
@@ -178,9 +180,9 @@ print("CSR slower than dense at 50%:", sparse_curve.speedups["csr"][0] < 1)
 # for it, so on a laptop this cell only explains.
 
 # %% tags=["nbval-ignore-output"]
-reason = speed.semi_structured_support()
+reason = sparse.semi_structured_support()
 if reason is None:
-    print(speed.semi_structured_layer_ratio())
+    print(sparse.semi_structured_layer_ratio())
 else:
     print("2:4 kernels not available here:", reason)
 

@@ -25,7 +25,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle CPU threads sleep, never spin
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded model needs no network
 
-from course_lib.presenter import Dashboard
+from course_lib.teaching.presenter import Dashboard
 
 dashboard = Dashboard()
 dashboard

@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 
-from course_lib import data, models
+from course_lib.core import data, models
 
 torch.set_num_threads(2)
 

@@ -4,7 +4,7 @@ import nbformat
 import pytest
 import torch
 
-from course_lib import checks, student
+from course_lib.teaching import checks, student
 
 
 def mask_2_4(w):

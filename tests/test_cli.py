@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from course_lib.__main__ import main
+from course_lib.cli.main import main
 
 
 def test_info_json_on_a_tiny_model(capsys):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from course_lib import arch, models
-from course_lib.__main__ import main
-from course_lib.cli_pruning import heads_request, neurons_request, prune_with
+from course_lib.core import arch, models
+from course_lib.cli.main import main
+from course_lib.pruning.recipes import heads_request, neurons_request, prune_with
 
 FAST = ["--seq-len", "32", "--n-eval", "2", "--n-calib", "4", "--runs", "1",
         "--latency-tokens", "8", "--threads", "1", "--json"]

@@ -5,7 +5,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from course_lib import arch, metrics, models
+from course_lib.core import arch, metrics, models
 from course_lib.pruning import heads as H
 from course_lib.pruning import mlp as M
 
@@ -311,7 +311,7 @@ def test_ablation_importance_is_the_perplexity_increase():
     assert scores[1, 4] == pytest.approx(metrics.perplexity(model, windows) - base, rel=1e-6)
     h.restore()
     with pytest.raises(TypeError, match="windows.calib"):
-        from course_lib import data
+        from course_lib.core import data
         H.head_importance_ablation(model, data.windows_for(tokenizer, "tiny-llama", seq_len=16,
                                                            n_eval=1, n_calib=1))
 

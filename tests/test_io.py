@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from course_lib import arch, models
+from course_lib.core import arch, models
 from course_lib.pruning import heads as H
 from course_lib.pruning import io
 from course_lib.pruning import mlp as M

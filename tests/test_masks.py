@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import prune
 from transformers.pytorch_utils import Conv1D
 
-from course_lib import arch, models
+from course_lib.core import arch, models
 from course_lib.pruning.masks import (apply_masks, check_sparsity, magnitude_prune, nm_mask,
                                       parse_pattern, random_prune, topk_mask)
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from course_lib import arch, data, metrics, models
+from course_lib.core import arch, data, metrics, models
 
 
 def plain_loop_perplexity(model, windows):

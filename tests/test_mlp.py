@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib import arch, models
+from course_lib.core import arch, models
 from course_lib.pruning import mlp as M
 
 TINY = list(models.TINY)

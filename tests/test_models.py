@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from course_lib import arch, models
+from course_lib.core import arch, models
 
 
 @pytest.mark.parametrize("name", models.TINY)

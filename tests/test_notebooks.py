@@ -11,7 +11,7 @@ import nbformat
 import pytest
 import torch
 
-from course_lib import checks, student
+from course_lib.teaching import checks, student
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 PAIRS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from course_lib import data, models
+from course_lib.core import data, models
 from course_lib.pruning import one_layer
 
 

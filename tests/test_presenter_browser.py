@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from course_lib import data, metrics, presenter, timing
+from course_lib.core import data, metrics, timing
+from course_lib.teaching import presenter
 from course_lib.pruning import masks, mlp
 
 from browser_support import chromium_page, free_port, missing_browser_tools, server, tail

@@ -41,15 +41,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from course_lib import arch, data, metrics, models, speed, timing
-from course_lib.cli_pruning import check_method, heads_request, neurons_request, prune_with
+from course_lib.core import arch, data, metrics, models, timing
+from course_lib.runtime import sparse
+from course_lib.pruning.recipes import check_method, heads_request, neurons_request, prune_with
 from course_lib.pruning import io, masks, one_layer
 from course_lib.pruning import heads as H
 from course_lib.pruning import mlp as M
 from course_lib.pruning.sparsegpt import sparsegpt_prune
 from course_lib.pruning.undo import PruneHandle
 from course_lib.pruning.wanda import wanda_prune
-from course_lib.widgets import Explorer
+from course_lib.teaching.widgets import Explorer
 
 TINY = list(models.TINY)
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
@@ -548,12 +549,12 @@ def test_2_4_gpu_conversion_without_cuda_is_refused(llama):
     masks.magnitude_prune(llama, pattern="2:4")
     snap = snapshot(llama)
     with pytest.raises(RuntimeError) as info:
-        speed.to_semi_structured(llama)
+        sparse.to_semi_structured(llama)
     says(info, "cannot use 2:4 sparse kernels", "no CUDA GPU", "Run on an NVIDIA GPU",
          "use SparseLinear (CSR/BSR) or structured removal instead")
     assert_as_before(llama, snap)
     with pytest.raises(RuntimeError) as info:
-        speed.semi_structured_layer_ratio()
+        sparse.semi_structured_layer_ratio()
     says(info, "cannot measure 2:4 kernels", "Run on an NVIDIA GPU")
 
 
@@ -711,7 +712,7 @@ FRESH_PROCESS = """
 import sys, torch
 from pathlib import Path
 torch.set_num_threads(2)
-from course_lib import arch
+from course_lib.core import arch
 from course_lib.pruning.io import load_pruned
 root = Path(sys.argv[1])
 ids = torch.load(root / "ids.pt")

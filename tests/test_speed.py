@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from transformers.pytorch_utils import Conv1D
 
-from course_lib import arch, metrics, models, speed
+from course_lib.core import arch, metrics, models
+from course_lib.runtime import speed, sparse
 from course_lib.pruning.masks import magnitude_prune, topk_mask
 from course_lib.pruning.mlp import remove_neurons
 
@@ -28,7 +29,7 @@ def test_sparse_linear_equals_dense_linear_on_the_masked_weight(layout, lead):
     w = _masked(64, 32, 0.7)
     bias = torch.randn(64)
     x = torch.randn(*lead, 32)
-    layer = speed.SparseLinear(w, bias, layout=layout, blocksize=16)
+    layer = sparse.SparseLinear(w, bias, layout=layout, blocksize=16)
     out = layer(x)
     assert out.shape == (*lead, 64)
     torch.testing.assert_close(out, F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
@@ -43,7 +44,7 @@ def test_sparse_linear_property(rows, cols, tokens, sparsity, layout, with_bias,
     w = _masked(8 * rows, 8 * cols, sparsity, seed)
     bias = torch.randn(8 * rows) if with_bias else None
     x = torch.randn(3, tokens, 8 * cols, generator=torch.Generator().manual_seed(seed))
-    got = speed.SparseLinear(w, bias, layout, blocksize=8)(x)
+    got = sparse.SparseLinear(w, bias, layout, blocksize=8)(x)
     torch.testing.assert_close(got, F.linear(x, w, bias), rtol=1e-5, atol=1e-5)
 
 
@@ -52,28 +53,28 @@ def test_sparse_linear_from_conv1d_reads_the_transposed_weight():
     torch.nn.init.normal_(conv.weight)
     torch.nn.init.normal_(conv.bias)
     x = torch.randn(2, 3, 16)
-    torch.testing.assert_close(speed.SparseLinear.from_module(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sparse.SparseLinear.from_module(conv)(x), conv(x), rtol=1e-5, atol=1e-5)
 
 
 def test_csr_density_counts_nonzeros_and_block_mask_zeros_whole_blocks():
     w = _masked(64, 64, 0.75)
-    assert speed.SparseLinear(w, layout="csr").density() == pytest.approx(0.25)
-    keep = speed.block_magnitude_mask(torch.randn(64, 96), 0.5, blocksize=16)
+    assert sparse.SparseLinear(w, layout="csr").density() == pytest.approx(0.25)
+    keep = sparse.block_magnitude_mask(torch.randn(64, 96), 0.5, blocksize=16)
     blocks = keep.reshape(4, 16, 6, 16).permute(0, 2, 1, 3).reshape(24, -1)
     assert ((blocks.all(1)) | (~blocks.any(1))).all()  # each block all kept or all pruned
     assert (~blocks.any(1)).sum() == 12
-    stored = speed.SparseLinear(torch.randn(64, 96) * keep, layout="bsr", blocksize=16)
+    stored = sparse.SparseLinear(torch.randn(64, 96) * keep, layout="bsr", blocksize=16)
     assert stored.density() == pytest.approx(0.5)
 
 
 def test_bad_layout_and_blocks_are_refused():
     with pytest.raises(ValueError, match="layout='coo'"):
-        speed.SparseLinear(torch.randn(8, 8), layout="coo")
+        sparse.SparseLinear(torch.randn(8, 8), layout="coo")
     with pytest.raises(ValueError, match="multiples of the blocksize"):
-        speed.SparseLinear(torch.randn(40, 32), layout="bsr", blocksize=32)
+        sparse.SparseLinear(torch.randn(40, 32), layout="bsr", blocksize=32)
     model, _ = models.load("tiny-llama")
     with pytest.raises(KeyError, match="not a prunable"):
-        speed.to_sparse_modules(model, names=["lm_head"])
+        sparse.to_sparse_modules(model, names=["lm_head"])
 
 
 # ------------------------------------------------------------------ swapping into a model
@@ -82,13 +83,13 @@ def test_bad_layout_and_blocks_are_refused():
 def test_swapping_sparse_modules_keeps_logits_and_restores_bit_exactly(name, layout):
     model, _ = models.load(name)
     ids = torch.randint(0, 258, (2, 12))
-    pruning = speed.prune_for_sparse_kernels(model, 0.7, layout, blocksize=32,
+    pruning = sparse.prune_for_sparse_kernels(model, 0.7, layout, blocksize=32,
                                              names=list(arch.prunable_linears(model)))
     with torch.no_grad():
         masked_logits = model(ids).logits
     before = {k: v.clone() for k, v in model.state_dict().items()}
     originals = dict(arch.prunable_linears(model))
-    swap = speed.to_sparse_modules(model, layout, blocksize=32)
+    swap = sparse.to_sparse_modules(model, layout, blocksize=32)
     assert not arch.prunable_linears(model)  # every decoder matrix is now a SparseLinear
     with torch.no_grad():
         sparse_logits = model(ids).logits
@@ -104,21 +105,21 @@ def test_swapping_sparse_modules_keeps_logits_and_restores_bit_exactly(name, lay
 
 def test_sparse_swap_error_is_tiny_and_leaves_the_model_dense():
     model, _ = models.load("tiny-qwen2")  # q/k/v biases go through SparseLinear too
-    handle = speed.prune_for_sparse_kernels(model, 0.9, "bsr", blocksize=32,
+    handle = sparse.prune_for_sparse_kernels(model, 0.9, "bsr", blocksize=32,
                                             names=list(arch.prunable_linears(model)))
     ids = torch.randint(0, 258, (1, 10))
-    assert speed.sparse_swap_error(model, ids, "bsr") < 1e-5
+    assert sparse.sparse_swap_error(model, ids, "bsr") < 1e-5
     assert len(arch.prunable_linears(model)) == 2 * 7
     handle.restore()
 
 
 def test_mlp_names_select_only_mlp_layers():
     model, _ = models.load("tiny-llama")
-    names = speed.mlp_linear_names(model)
+    names = sparse.mlp_linear_names(model)
     assert len(names) == 2 * 3 and all(".mlp." in n for n in names)
-    handle = speed.to_sparse_modules(model, "csr", names=names)
+    handle = sparse.to_sparse_modules(model, "csr", names=names)
     assert set(handle.info["names"]) == set(names)
-    assert all(isinstance(model.get_submodule(n), speed.SparseLinear) for n in names)
+    assert all(isinstance(model.get_submodule(n), sparse.SparseLinear) for n in names)
     assert isinstance(model.model.layers[0].self_attn.q_proj, torch.nn.Linear)
     handle.restore()
 
@@ -157,18 +158,18 @@ def test_ideal_speedup_of_removed_neurons_is_the_flops_ratio(removed):
 
 def test_nonzero_flops_count_sparse_modules_like_their_dense_weights():
     model, _ = models.load("tiny-llama")
-    handle = speed.prune_for_sparse_kernels(model, 0.9, "csr")
+    handle = sparse.prune_for_sparse_kernels(model, 0.9, "csr")
     before = speed.nonzero_flops_per_token(model, 32)
-    swap = speed.to_sparse_modules(model, "csr", names=speed.mlp_linear_names(model))
+    swap = sparse.to_sparse_modules(model, "csr", names=sparse.mlp_linear_names(model))
     assert speed.nonzero_flops_per_token(model, 32) == before
     swap.restore()
     handle.restore()
 
 
 def test_break_even_interpolates_the_crossing():
-    assert speed.break_even([0.5, 0.7, 0.9], [0.3, 0.8, 1.8]) == pytest.approx(0.7 + 0.2 * 0.2 / 1.0)
-    assert speed.break_even([0.5, 0.9], [0.3, 0.6]) is None
-    assert speed.break_even([0.5, 0.9], [1.2, 2.0]) == 0.5
+    assert sparse.break_even([0.5, 0.7, 0.9], [0.3, 0.8, 1.8]) == pytest.approx(0.7 + 0.2 * 0.2 / 1.0)
+    assert sparse.break_even([0.5, 0.9], [0.3, 0.6]) is None
+    assert sparse.break_even([0.5, 0.9], [1.2, 2.0]) == 0.5
 
 
 def test_explain_gap_names_the_lm_head_share():
@@ -193,19 +194,19 @@ def test_measure_speedup_reports_the_ideal_and_refuses_one_model():
     assert result.prefill_speedup > 0 and result.decode_speedup > 0
     assert result.latency_ratio == pytest.approx(1 / result.prefill_speedup)
     sparse_twin = copy.deepcopy(model)
-    speed.prune_for_sparse_kernels(sparse_twin, 0.5, "csr")
-    swap = speed.to_sparse_modules(sparse_twin, "csr", names=speed.mlp_linear_names(sparse_twin))
-    sparse = speed.measure_speedup(model, sparse_twin, "csr", tokens=8, runs=1, warmup=0, threads=1)
+    sparse.prune_for_sparse_kernels(sparse_twin, 0.5, "csr")
+    swap = sparse.to_sparse_modules(sparse_twin, "csr", names=sparse.mlp_linear_names(sparse_twin))
+    on_csr = speed.measure_speedup(model, sparse_twin, "csr", tokens=8, runs=1, warmup=0, threads=1)
     expected = (metrics.flops_per_token(model, 8).total
                 / speed.nonzero_flops_per_token(sparse_twin, 8).total)
-    assert sparse.ideal_speedup == pytest.approx(expected) and expected > 1.3
+    assert on_csr.ideal_speedup == pytest.approx(expected) and expected > 1.3
     swap.restore()
     with pytest.raises(ValueError, match="same object"):
         speed.measure_speedup(model, model)
 
 
 def test_sparse_layer_ratios_returns_one_ratio_per_sparsity_and_layout():
-    curve = speed.sparse_layer_ratios(torch.randn(64, 32), [0.5, 0.9], tokens=4, blocksize=16,
+    curve = sparse.sparse_layer_ratios(torch.randn(64, 32), [0.5, 0.9], tokens=4, blocksize=16,
                                       runs=1, warmup=0, threads=1)
     assert set(curve.speedups) == {"csr", "bsr"}
     assert all(len(v) == 2 and all(r > 0 for r in v) for v in curve.speedups.values())
@@ -214,11 +215,11 @@ def test_sparse_layer_ratios_returns_one_ratio_per_sparsity_and_layout():
 # ------------------------------------------------------------------ 2:4
 def test_n_m_check():
     w = _masked(8, 16, 0.0)
-    assert not speed.is_n_m_sparse(w)
+    assert not sparse.is_n_m_sparse(w)
     two_four = w.clone().reshape(8, 4, 4)
     two_four[..., 1:3] = 0
-    assert speed.is_n_m_sparse(two_four.reshape(8, 16))
-    assert not speed.is_n_m_sparse(torch.zeros(4, 6))  # 6 columns do not tile into groups of 4
+    assert sparse.is_n_m_sparse(two_four.reshape(8, 16))
+    assert not sparse.is_n_m_sparse(torch.zeros(4, 6))  # 6 columns do not tile into groups of 4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error path")
@@ -226,7 +227,7 @@ def test_semi_structured_on_cpu_raises_a_clear_error():
     model, _ = models.load("tiny-llama")
     magnitude_prune(model, pattern="2:4")
     with pytest.raises(RuntimeError, match="no CPU kernel") as err:
-        speed.to_semi_structured(model)
+        sparse.to_semi_structured(model)
     assert "compute capability" in str(err.value) and "SparseLinear" in str(err.value)
     assert isinstance(model.model.layers[0].mlp.up_proj.weight, torch.nn.Parameter)  # untouched
 
@@ -235,7 +236,7 @@ def test_semi_structured_rejects_weights_that_are_not_2_4():
     model, _ = models.load("tiny-llama")
     magnitude_prune(model, 0.5)  # 50% zeros, but not 2 of every 4
     with pytest.raises(ValueError, match="not 2:4 sparse"):
-        speed.to_semi_structured(model)
+        sparse.to_semi_structured(model)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
@@ -246,9 +247,9 @@ def test_semi_structured_on_gpu_keeps_logits():
     ids = torch.randint(0, 1000, (1, 64), device="cuda")
     with torch.no_grad():
         ref = model(ids).logits.float()
-    handle = speed.to_semi_structured(model)
+    handle = sparse.to_semi_structured(model)
     with torch.no_grad():
         got = model(ids).logits.float()
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
-    assert speed.semi_structured_layer_ratio(runs=5, warmup=2) > 0
+    assert sparse.semi_structured_layer_ratio(runs=5, warmup=2) > 0
     handle.restore()

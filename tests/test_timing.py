@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.utils.benchmark as benchmark
 
-from course_lib import models, timing
+from course_lib.core import models, timing
 
 
 def test_statistics_of_known_run_times():

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
-from course_lib import arch, data, metrics, models
+from course_lib.core import arch, data, metrics, models
 from course_lib.pruning import calibrate
 from course_lib.pruning.masks import magnitude_prune, parse_pattern, scores_to_mask
 from course_lib.pruning.sparsegpt import HessianError, inverse_cholesky, sparsegpt_layer, sparsegpt_prune

@@ -4,10 +4,10 @@ import gc
 import pytest
 import torch
 
-from course_lib import data, models
+from course_lib.core import data, models
 from course_lib.pruning import masks
 from course_lib.pruning.undo import PruneHandle, restoring_on_error
-from course_lib.widgets import Explorer
+from course_lib.teaching.widgets import Explorer
 
 
 class Boom(RuntimeError):
@@ -105,7 +105,7 @@ def test_fifty_rapid_changes_end_right_and_leak_nothing(setup):
     # every cached figure is what a fresh measurement of that setting gives
     handle = masks.magnitude_prune(model, 0.5)
     try:
-        from course_lib import metrics
+        from course_lib.core import metrics
         fresh = metrics.perplexity(model, explorer.eval_windows, batch_size=len(explorer.eval_windows))
     finally:
         handle.restore()

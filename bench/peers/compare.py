@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # course_lib from this checkout, with the peer's 
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from course_lib import data, metrics, models  # noqa: E402
+from course_lib.core import data, metrics, models  # noqa: E402
 from course_lib.pruning.sparsegpt import sparsegpt_prune  # noqa: E402
 from course_lib.pruning.wanda import wanda_prune  # noqa: E402
 

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import arch
+from ..core import arch
 from .masks import achieved_sparsity
 from .undo import PruneHandle, restoring_on_error
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .. import arch, metrics
+from ..core import arch, metrics
 from .undo import PruneHandle, restoring_on_error
 
 # Which heads/neurons of the *original* model a layer still has. Written by the

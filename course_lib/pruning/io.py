@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from .. import arch, metrics, models
+from ..core import arch, metrics, models
 from .heads import kept_heads, remove_heads
 from .mlp import kept_neurons, remove_neurons
 from .undo import PruneHandle
@@ -93,7 +93,7 @@ def structure(model: nn.Module) -> dict[str, dict[str, list[int]]]:
 def _manifest(model: nn.Module, handle_or_manifest) -> dict:
     name = getattr(model, "course_name", None)
     if name is None:
-        raise ValueError("the model has no course_name: load it with course_lib.models.load(name) "
+        raise ValueError("the model has no course_name: load it with course_lib.core.models.load(name) "
                          "(or set model.course_name to the name it was loaded by), so that "
                          "load_pruned knows which base model to rebuild.")
     kept = structure(model)

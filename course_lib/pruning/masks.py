@@ -24,7 +24,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .. import arch
+from ..core import arch
 from .undo import PruneHandle, restoring_on_error
 
 SCOPES = ("row", "matrix", "global")

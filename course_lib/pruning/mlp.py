@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import arch
+from ..core import arch
 from .heads import _current_kept, _rows, _windows_tensor, check_request, record_kept, slice_linear
 from .undo import PruneHandle, restoring_on_error
 

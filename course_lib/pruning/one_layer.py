@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import arch
+from ..core import arch
 from .masks import parse_pattern, scores_to_mask
 from .sparsegpt import sparsegpt_layer
 from .wanda import wanda_scores

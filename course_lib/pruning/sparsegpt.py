@@ -22,7 +22,7 @@ import warnings
 import torch
 from torch import nn
 
-from .. import arch
+from ..core import arch
 from . import calibrate
 from .masks import (check_pattern_fits, check_sparsity, check_target, describe,
                     nm_mask, parse_pattern, topk_mask)

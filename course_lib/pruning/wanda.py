@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import arch
+from ..core import arch
 from . import calibrate
 from .masks import check_target, describe, scores_to_mask
 from .undo import PruneHandle

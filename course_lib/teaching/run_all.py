@@ -1,9 +1,9 @@
 """Execute every lesson headless and print one summary row per notebook.
 
-``python -m course_lib.run_all --out build`` runs ``notebooks/NN_*.ipynb`` into
+``python -m course_lib.teaching.run_all --out build`` runs ``notebooks/NN_*.ipynb`` into
 ``build/`` (the committed notebooks are left alone); ``--in-place`` refreshes
 the committed outputs instead (``make execute``). Each notebook reports its
-row through ``course_lib.summary.record``; this script collects and prints them.
+row through ``course_lib.teaching.summary.record``; this script collects and prints them.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import summary
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def notebook_paths(folder: Path) -> list[Path]:

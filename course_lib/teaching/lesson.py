@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import data, metrics, models, timing
-from .timing import Measurement
+from ..core import data, metrics, models, timing
+from ..core.timing import Measurement
 
 
 @dataclass

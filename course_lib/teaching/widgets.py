@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
-from . import metrics, timing
+from ..core import metrics, timing
 
 
 @dataclass(frozen=True)

@@ -27,11 +27,12 @@ from pathlib import Path
 import torch
 import transformers
 
-from . import arch, data, metrics, models, speed
-from .cli_pruning import heads_request, neurons_request, prune_with, structure_count
-from .pruning.masks import magnitude_prune
-from .pruning.heads import head_importance_contribution, remove_heads
-from .pruning.mlp import neuron_importance_activation, remove_neurons
+from ..core import arch, data, metrics, models
+from ..runtime import sparse, speed
+from ..pruning.recipes import heads_request, neurons_request, prune_with, structure_count
+from ..pruning.masks import magnitude_prune
+from ..pruning.heads import head_importance_contribution, remove_heads
+from ..pruning.mlp import neuron_importance_activation, remove_neurons
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def machine_info(threads: int) -> dict:
 def _blocksize(model, wanted: int) -> int | None:
     """The largest of wanted, 16, 8, 4 dividing every MLP matrix (None: BSR impossible)."""
     shapes = [tuple(arch.weight_matrix(m).shape) for name, m in arch.prunable_linears(model).items()
-              if name in set(speed.mlp_linear_names(model))]
+              if name in set(sparse.mlp_linear_names(model))]
     for b in (wanted, 16, 8, 4):
         if all(r % b == 0 and c % b == 0 for r, c in shapes):
             return b
@@ -145,7 +146,7 @@ def latency_section(model, windows, cfg: BenchConfig, threads: int, blocksize, l
         _say(log, f"  {layout} {sparsity:.0%}: speedup {comparison.prefill_speedup:.2f}x "
                   f"(ideal {comparison.ideal_speedup:.2f}x)")
 
-    curve = speed.sparse_model_ratios(model, cfg.sparse, layouts, cfg.tokens, blocksize or 32,
+    curve = sparse.sparse_model_ratios(model, cfg.sparse, layouts, cfg.tokens, blocksize or 32,
                                       runs=cfg.runs, warmup=cfg.warmup, threads=threads,
                                       on_result=on_result)
     return {"rows": rows, "structured": structured, "model_curve": curve}
@@ -182,15 +183,15 @@ def quality_section(model, windows, cfg: BenchConfig, log) -> list[dict]:
 
 # ---------------------------------------------------------------- (d) 2:4 on a GPU
 def gpu_section(model_name: str, cfg: BenchConfig) -> dict:
-    reason = speed.semi_structured_support("cuda")
+    reason = sparse.semi_structured_support("cuda")
     if reason:
         return {"measured": False, "note": "not measured here (no CUDA)" if not torch.cuda.is_available()
                 else f"not measured here ({reason})"}
     try:
-        layer = speed.semi_structured_layer_ratio(tokens=cfg.tokens, dtype=torch.float16)
+        layer = sparse.semi_structured_layer_ratio(tokens=cfg.tokens, dtype=torch.float16)
         gpu_model, _ = models.load(model_name, device="cuda", dtype=torch.float16)
         magnitude_prune(gpu_model, pattern="2:4", keep_masks=False)
-        whole = speed.semi_structured_model_speedup(gpu_model, tokens=cfg.tokens)
+        whole = sparse.semi_structured_model_speedup(gpu_model, tokens=cfg.tokens)
         return {"measured": True, "device": torch.cuda.get_device_name(0), "layer_speedup": layer,
                 "model_speedup": whole.prefill_speedup, "model_ideal_speedup": whole.ideal_speedup}
     except Exception as err:  # a GPU without cuSPARSELt/CUTLASS support: report, do not crash
@@ -223,10 +224,10 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         seconds["latency"] = time.perf_counter() - tick
         _say(log, "(c) one matrix: CSR/BSR break-even")
         tick = time.perf_counter()
-        names = speed.mlp_linear_names(model)
+        names = sparse.mlp_linear_names(model)
         weight = arch.weight_matrix(arch.prunable_linears(model)[names[0]])
         layouts = ("csr", "bsr") if blocksize else ("csr",)
-        curve = speed.sparse_layer_ratios(weight, cfg.curve, cfg.tokens, layouts, blocksize or 32,
+        curve = sparse.sparse_layer_ratios(weight, cfg.curve, cfg.tokens, layouts, blocksize or 32,
                                           runs=cfg.curve_runs, threads=threads)
         seconds["curve"] = time.perf_counter() - tick
         _say(log, "(b) quality")
@@ -455,3 +456,28 @@ def plot(r: dict, path: Path) -> None:
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------- the command
+def cmd_bench(args) -> dict:
+    result = run_bench(args.model, out=args.out, quick=args.quick, threads=args.threads,
+                             source=args.source, log=None if args.json else print)
+    if args.json:
+        return result
+    return {"results": result["files"][0], "figure": result["files"][1],
+            "checks": "; ".join(f"{c['claim']}: {c['value']} ({'yes' if c['holds'] else 'NO'})"
+                                for c in result["checks"]),
+            "bench_seconds": round(result["bench_seconds"])}
+
+
+def register(sub) -> None:
+    """Add ``bench`` to the CLI's sub-commands."""
+    bench = sub.add_parser("bench", help="speed and quality benchmark -> OUT/results.md, results.png")
+    bench.add_argument("model", nargs="?", default="smollm2-135m",
+                       help=f"a course model ({', '.join(models.all_names())})")
+    bench.add_argument("--threads", type=int, default=2, help="CPU threads (recorded with timings)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--source", default="pydoc", help="text for perplexity/calibration")
+    bench.add_argument("--out", default="bench", help="folder for results.md and results.png")
+    bench.add_argument("--quick", action="store_true", help="few windows and runs (tests)")
+    bench.set_defaults(run=cmd_bench)

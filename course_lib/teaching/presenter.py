@@ -15,7 +15,7 @@ Three choices keep it live in front of an audience:
 Wanda and SparseGPT need calibration passes (minutes), too slow to compute live:
 the unstructured tab compares magnitude with random, lesson 05 has the rest.
 
-Run ``python -m course_lib.presenter [--port N]`` (what ``make present`` does).
+Run ``python -m course_lib.teaching.presenter [--port N]`` (what ``make present`` does).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ N_CALIB = 4  # calibration windows for the activation score (computed once, ~1 s
 LATENCY_TOKENS, LATENCY_RUNS = 32, 2
 THREADS = 2
 DEFAULT_PORT = 8866
-NOTEBOOK = Path(__file__).resolve().parent.parent / "presenter" / "dashboard.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "presenter" / "dashboard.ipynb"
 
 # Large type for a projector. ipywidgets 8 sizes its controls with CSS variables;
 # setting them on the dashboard's root box scales every widget inside it.
@@ -81,21 +81,21 @@ class Section:
 
 
 def _head_request(scores, model, method, fraction, **kwargs):
-    from .pruning import heads
+    from ..pruning import heads
 
     return heads.least_important_heads(scores.heads[method], fraction=fraction, model=model, **kwargs)
 
 
 def prune_heads_zeroed(scores, model, method, fraction):
     """01: zero the lowest-scoring heads of every layer (any count: zeroing keeps the shapes)."""
-    from .pruning import heads
+    from ..pruning import heads
 
     return heads.zero_heads(model, _head_request(scores, model, method, fraction, respect_gqa=False))
 
 
 def prune_zeroed_vs_removed(scores, model, method, fraction):
     """02: the same heads (whole rounds of every KV group) zeroed, or removed."""
-    from .pruning import heads
+    from ..pruning import heads
 
     request = _head_request(scores, model, "weight norm", fraction)
     return heads.zero_heads(model, request) if method == "zero" else heads.remove_heads(model, request)
@@ -103,21 +103,21 @@ def prune_zeroed_vs_removed(scores, model, method, fraction):
 
 def prune_heads_removed(scores, model, method, fraction):
     """03: remove heads ranked across the whole model (GQA-respecting rounds)."""
-    from .pruning import heads
+    from ..pruning import heads
 
     return heads.remove_heads(model, _head_request(scores, model, method, fraction, per_layer=False))
 
 
 def prune_neurons_removed(scores, model, method, fraction):
     """04: remove the same fraction of MLP neurons from every layer."""
-    from .pruning import mlp
+    from ..pruning import mlp
 
     return mlp.remove_neurons(model, mlp.least_important_neurons(scores.neurons[method], fraction))
 
 
 def prune_unstructured(scores, model, method, sparsity):
     """05: zero single weights, the smallest (magnitude) or random ones, per output row."""
-    from .pruning import masks
+    from ..pruning import masks
 
     if method == "magnitude":
         return masks.magnitude_prune(model, sparsity)
@@ -164,7 +164,7 @@ class Scores:
     @property
     def heads(self) -> dict:
         if self._heads is None:
-            from .pruning import heads
+            from ..pruning import heads
 
             norm = heads.head_importance_weight_norm(self.model)
             rng = np.random.default_rng(self.seed)  # the baseline: an order by chance
@@ -174,7 +174,7 @@ class Scores:
     @property
     def neurons(self) -> dict:
         if self._neurons is None:
-            from .pruning import mlp
+            from ..pruning import mlp
 
             norm = mlp.neuron_importance_weight_norm(self.model)
             generator = torch.Generator().manual_seed(self.seed)
@@ -195,7 +195,7 @@ class Dashboard:
         import ipywidgets as widgets
         import matplotlib.pyplot as plt
 
-        from . import data, models
+        from ..core import data, models
 
         torch.manual_seed(0)
         torch.set_num_threads(threads)
@@ -299,7 +299,7 @@ def port_is_free(port: int) -> bool:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.presenter",
+    parser = argparse.ArgumentParser(prog="python -m course_lib.teaching.presenter",
                                      description="Serve the presenter dashboard with Voilà.")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 The committed notebooks carry the solutions of the "your turn" exercises in
 cells tagged ``solution``, between ``### BEGIN SOLUTION`` and ``### END SOLUTION``.
-``python -m course_lib.student`` (``make student``) writes ``build/student/`` with
+``python -m course_lib.teaching.student`` (``make student``) writes ``build/student/`` with
 those lines replaced by ``raise NotImplementedError(...)`` and every output cleared.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("your turn: write this, then run the check below")'
 _BLOCK = re.compile(rf"^([ \t]*){re.escape(BEGIN)}\n.*?^[ \t]*{re.escape(END)}[ \t]*$", re.M | re.S)

@@ -1,0 +1,2 @@
+"""The command line, ``python -m course_lib``: main (info, eval), prune, bench.
+"""

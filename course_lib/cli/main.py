@@ -1,0 +1,124 @@
+"""The course's command line: ``python -m course_lib {info,eval,prune,bench} MODEL``.
+
+Every command prints a readable summary, or one JSON object with ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from ..core import arch, data, metrics, models, timing
+from . import bench, prune
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", nargs="?", default="smollm2-135m",
+                        help=f"a course model ({', '.join(models.all_names())}) or a hub id")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (recorded with timings)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", default="pydoc", help="pydoc (offline), wikitext or a .txt path")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--n-eval", type=int, default=16, help="evaluation windows")
+    parser.add_argument("--n-calib", type=int, default=32, help="calibration windows")
+    parser.add_argument("--latency-tokens", type=int, default=128, help="prefill length timed")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs after warm-up")
+
+
+def model_info(model) -> dict:
+    config = model.config
+    flops = metrics.flops_per_token(model)
+    shape = arch.attention_shape(model, 0)
+    return {
+        "model": getattr(model, "course_name", config.name_or_path),
+        "architecture": type(model).__name__,
+        "layers": len(arch.decoder_layers(model)),
+        "heads": shape.n_heads,
+        "kv_heads": shape.n_kv_heads,
+        "head_dim": shape.head_dim,
+        "hidden": config.hidden_size,
+        "mlp_width": arch.mlp_width(model, 0),
+        "vocab": config.vocab_size,
+        "parameters": metrics.count_parameters(model),
+        "flops_per_token": {**{k: v for k, v in flops.__dict__.items()}, "total": flops.total},
+        "flops_shares": {k: round(v, 4) for k, v in flops.shares().items()},
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": next(model.parameters()).device.type,
+    }
+
+
+def cmd_info(args) -> dict:
+    model, _ = models.load(args.model, device=args.device)
+    return model_info(model)
+
+
+def cmd_eval(args) -> dict:
+    started = time.perf_counter()
+    model, tokenizer = models.load(args.model, device=args.device)
+    load_seconds = time.perf_counter() - started
+    windows = data.windows_for(tokenizer, args.model, source=args.source, seq_len=args.seq_len,
+                               n_eval=args.n_eval, n_calib=0)
+    device = next(model.parameters()).device.type
+    with timing.thread_count(args.threads):
+        ppl = metrics.perplexity(model, windows.eval)
+        latency = timing.prefill_latency(model, tokens=args.latency_tokens, runs=args.runs,
+                                         threads=args.threads, device=device)
+    return {
+        "model": args.model,
+        "load_seconds": round(load_seconds, 2),
+        "perplexity": round(ppl, 3),
+        "eval_tokens": windows.eval_tokens,
+        "eval_source": args.source,
+        "latency_ms_median": round(latency.median_ms, 2),
+        "latency_ms_iqr": round(latency.iqr_ms, 2),
+        "latency_runs": latency.runs,
+        "latency_workload": f"prefill 1x{args.latency_tokens}",
+        "device": latency.device,
+        "threads": latency.threads,
+    }
+
+
+def _print(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>20}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="configuration, parameters and FLOPs per token")
+    _common(info)
+    info.set_defaults(run=cmd_info)
+    evaluate = sub.add_parser("eval", help="perplexity on the default eval set and prefill latency")
+    _common(evaluate)
+    _eval_args(evaluate)
+    evaluate.set_defaults(run=cmd_eval)
+    prune.register(sub, _common, _eval_args)
+    bench.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        result = args.run(args)
+    except (models.ModelNotAvailableError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

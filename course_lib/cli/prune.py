@@ -1,0 +1,74 @@
+"""The ``prune`` command: one method, one sparsity.
+
+    python -m course_lib prune smollm2-135m --method wanda --sparsity 0.5 --json
+    python -m course_lib prune smollm2-135m --method sparsegpt --pattern 2:4
+    python -m course_lib prune smollm2-135m --method mlp --sparsity 0.5
+
+It prints perplexity before/after (course protocol windows), the prune's wall
+time and the pruned/dense prefill latency ratio, measured side by side in the
+same run, next to its ideal (FLOPs) ratio.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+from ..core import data, metrics, models
+from ..pruning.masks import check_sparsity
+from ..pruning.recipes import CALIBRATED, METHODS, achieved, check_method, prune_with
+from ..runtime import speed
+
+
+def cmd_prune(args) -> dict:
+    method, pattern = check_method(args.method, args.pattern)
+    sparsity = check_sparsity(args.sparsity)
+    if pattern is not None:
+        sparsity = 1 - pattern[0] / pattern[1]
+    model, tokenizer = models.load(args.model, device=args.device)
+    n_calib = args.n_calib if method in CALIBRATED else 0
+    windows = data.windows_for(tokenizer, args.model, source=args.source, seq_len=args.seq_len,
+                               n_eval=args.n_eval, n_calib=n_calib)
+    ppl_before = metrics.perplexity(model, windows.eval)
+    pruned = copy.deepcopy(model)  # the dense model stays, for the side-by-side timing
+    started = time.perf_counter()
+    prune_with(pruned, method, sparsity, pattern, windows.calib if n_calib else None)
+    prune_seconds = time.perf_counter() - started
+    ppl_after = metrics.perplexity(pruned, windows.eval)
+    comparison = speed.measure_speedup(model, pruned, method, tokens=args.latency_tokens,
+                                       runs=args.runs, threads=args.threads)
+    params_before = metrics.count_parameters(model)["total"]
+    params_after = metrics.count_parameters(pruned)["total"]
+    return {
+        "model": args.model,
+        "method": method,
+        "pattern": f"{pattern[0]}:{pattern[1]}" if pattern else None,
+        "sparsity_requested": round(sparsity, 4),
+        "sparsity_achieved": round(achieved(model, pruned, method), 4),
+        "sparsity_unit": {"heads": "heads removed", "mlp": "MLP neurons removed"}.get(
+            method, "zeros among decoder weights"),
+        "perplexity_before": round(ppl_before, 3),
+        "perplexity_after": round(ppl_after, 3),
+        "prune_seconds": round(prune_seconds, 2),
+        "latency_ratio": round(comparison.latency_ratio, 3),
+        "ideal_latency_ratio": round(comparison.ideal_latency_ratio, 3),
+        "measured_over_ideal_speedup": round(comparison.efficiency, 3),
+        "latency_workload": f"prefill 1x{args.latency_tokens}, {args.runs} runs, side by side",
+        "parameters_before": params_before,
+        "parameters_after": params_after,
+        "eval_tokens": windows.eval_tokens,
+        "calib_windows": n_calib,
+        "device": comparison.measurements["prefill dense"].device,
+        "threads": comparison.measurements["prefill dense"].threads,
+    }
+
+
+def register(sub, common, eval_args) -> None:
+    """Add ``prune`` to the CLI's sub-commands."""
+    prune = sub.add_parser("prune", help="prune with one method; perplexity, time, latency ratio")
+    common(prune)
+    eval_args(prune)
+    prune.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    prune.add_argument("--sparsity", type=float, default=0.5,
+                       help="fraction of weights (heads/mlp: of heads/neurons per layer) to remove")
+    prune.add_argument("--pattern", default=None, help="N:M pattern, e.g. 2:4 (overrides --sparsity)")
+    prune.set_defaults(run=cmd_prune)

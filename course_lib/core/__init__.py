@@ -1,0 +1,4 @@
+"""What we prune and how we measure it: models (names -> model, tokenizer), data (disjoint
+calibration / evaluation windows), arch (where layers, heads and projections live in each
+family), metrics (perplexity, counts, sizes, FLOPs) and timing (the interleaved timer).
+"""

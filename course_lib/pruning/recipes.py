@@ -1,0 +1,112 @@
+"""Model-level recipes: one method name and one amount -> which weights, heads or neurons go.
+
+The command line, the benchmark and the lessons share these, so "MLP 25%" means
+the same cut everywhere: the same share of each layer, chosen by the same score.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core import arch, metrics
+from .heads import head_importance_weight_norm, least_important_heads, remove_heads
+from .masks import check_sparsity, magnitude_prune, parse_pattern
+from .mlp import least_important_neurons, neuron_importance_weight_norm, remove_neurons
+from .sparsegpt import sparsegpt_prune
+from .undo import PruneHandle
+from .wanda import wanda_prune
+
+UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
+STRUCTURED = ("heads", "mlp")
+METHODS = UNSTRUCTURED + STRUCTURED
+CALIBRATED = ("wanda", "sparsegpt")
+
+
+def check_method(method: str, pattern=None) -> tuple[str, tuple[int, int] | None]:
+    """Validate a method name and its pattern (N:M only for the unstructured methods)."""
+    if method not in METHODS:
+        raise ValueError(f"--method {method!r} is not known: choose one of {', '.join(METHODS)} "
+                         "(weights: magnitude/wanda/sparsegpt; structures: heads/mlp).")
+    pattern = parse_pattern(pattern)
+    if pattern is not None and method in STRUCTURED:
+        raise ValueError(f"--pattern {pattern[0]}:{pattern[1]} applies to single weights; method "
+                         f"{method!r} removes whole {'heads' if method == 'heads' else 'neurons'}. "
+                         "Drop --pattern, or use magnitude/wanda/sparsegpt.")
+    return method, pattern
+
+
+def _round_half_up(x: float) -> int:
+    return int(x + 0.5)
+
+
+def heads_request(model: nn.Module, fraction: float, scores=None) -> dict[int, list[int]]:
+    """The least important heads, ``fraction`` of each layer's heads.
+
+    ``scores``: a layers x heads importance table (default: output-projection norm,
+    ``head_importance_weight_norm``; ``head_importance_contribution`` sees the data).
+
+    With grouped-query attention every KV group must keep as many query heads as
+    the others, so the same number goes from every group: round(fraction x
+    group size) per group (at least one if fraction > 0, and each group keeps one).
+    SmolLM2 (groups of 3): 25% -> 1 per group (33%), 50% -> 2 per group (67%).
+    """
+    fraction = check_sparsity(fraction)
+    shape = arch.attention_shape(model, 0)
+    layers = len(arch.decoder_layers(model))
+    if any(arch.attention_shape(model, i) != shape for i in range(layers)):
+        raise ValueError("layers have different head counts (already pruned?): "
+                         "prune heads of a fresh model.")
+    if fraction == 0:
+        return {}
+    if shape.group_size > 1:
+        per_group = min(max(_round_half_up(fraction * shape.group_size), 1), shape.group_size - 1)
+        count = per_group * shape.n_kv_heads
+    else:
+        count = min(max(_round_half_up(fraction * shape.n_heads), 1), shape.n_heads - 1)
+    scores = head_importance_weight_norm(model) if scores is None else scores
+    return least_important_heads(scores, count=count, model=model)
+
+
+def neurons_request(model: nn.Module, fraction: float, scores=None) -> dict[int, list[int]]:
+    """The least important MLP neurons, ``fraction`` of every layer.
+
+    ``scores``: per-layer importances (default: weight norms; ``neuron_importance_activation``
+    sees the data).
+    """
+    scores = neuron_importance_weight_norm(model) if scores is None else scores
+    return least_important_neurons(scores, check_sparsity(fraction))
+
+
+def prune_with(model: nn.Module, method: str, sparsity: float, pattern=None,
+               calib: torch.Tensor | None = None) -> PruneHandle:
+    """Prune ``model`` in place with one of ``METHODS``; returns the undo handle.
+
+    heads/mlp: ``sparsity`` is the fraction of heads/neurons removed per layer.
+    """
+    method, pattern = check_method(method, pattern)
+    if method in CALIBRATED and calib is None:
+        raise ValueError(f"method {method!r} needs calibration windows (calib=windows.calib).")
+    if method == "magnitude":
+        return magnitude_prune(model, sparsity, pattern=pattern, keep_masks=False)
+    if method == "wanda":
+        return wanda_prune(model, calib, sparsity, pattern=pattern, keep_masks=False)
+    if method == "sparsegpt":
+        return sparsegpt_prune(model, calib, sparsity, pattern=pattern, keep_masks=False)
+    if method == "heads":
+        return remove_heads(model, heads_request(model, sparsity))
+    return remove_neurons(model, neurons_request(model, sparsity))
+
+
+def structure_count(model: nn.Module, method: str) -> int:
+    """Total heads (method 'heads') or MLP neurons ('mlp') over all layers."""
+    layers = range(len(arch.decoder_layers(model)))
+    if method == "heads":
+        return sum(arch.attention_shape(model, i).n_heads for i in layers)
+    return sum(arch.mlp_width(model, i) for i in layers)
+
+
+def achieved(dense: nn.Module, pruned: nn.Module, method: str) -> float:
+    """Zeros among decoder weights (unstructured), or the fraction of heads/neurons removed."""
+    if method in STRUCTURED:
+        return 1 - structure_count(pruned, method) / structure_count(dense, method)
+    return metrics.total_sparsity(pruned)
