@@ -77,3 +77,35 @@ def test_cuda_events_time_a_gpu_workload():
     a = torch.randn(4096, 4096, device="cuda")
     m = timing.time_call(lambda: a @ a, device="cuda", runs=5)
     assert m.device == "cuda" and m.median_ms > 0
+
+
+def test_speedup_is_decided_against_the_paired_spread():
+    base = timing.Measurement.from_times("dense", [1.00, 1.20, 0.90, 1.10, 1.00], "cpu", 2)
+    half = timing.Measurement.from_times("half", [0.50, 0.61, 0.44, 0.56, 0.50], "cpu", 2)
+    noisy = timing.Measurement.from_times("noisy", [0.90, 1.30, 0.80, 1.20, 1.05], "cpu", 2)
+    fast = timing.speedup(base, half)
+    assert fast.verdict == "faster" and 1.9 < fast.median < 2.1 and fast.low > 1
+    # same medians-ish, but the paired ratios straddle 1: not an effect
+    assert timing.speedup(base, noisy).verdict == "within noise"
+    assert timing.speedup(half, base).verdict == "slower"
+    # runs are paired by position: the same times in another order give another verdict
+    shuffled = timing.Measurement.from_times("shuffled", [1.10, 0.90, 1.20, 1.00, 1.00], "cpu", 2)
+    assert timing.speedup(base, shuffled).low < 1 < timing.speedup(base, shuffled).high
+    with pytest.raises(ValueError, match="side by side"):
+        timing.speedup(base, timing.Measurement.from_times("x", [1.0, 1.0], "cpu", 2))
+
+
+def test_claim_prints_its_mark_and_evidence(capsys):
+    from course_lib.teaching import lesson
+
+    assert lesson.claim("removal is faster", True, "1.40x") is True
+    assert lesson.claim("zeros are faster", False, "1.00x") is False
+    lesson.claim("SparseGPT beats magnitude", False, "ppl 20 vs 227", needs_real_model=True,
+                 model_name="tiny-llama")
+    lesson.claim("SparseGPT beats magnitude", True, "ppl 20 vs 227", needs_real_model=True,
+                 model_name="smollm2-135m")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "✓ removal is faster  [1.40x]"
+    assert lines[1].startswith("✗ zeros are faster")
+    assert lines[2].startswith("· ") and "not decided" in lines[2]
+    assert lines[3].startswith("✓ ")

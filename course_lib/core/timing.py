@@ -56,6 +56,47 @@ class Measurement:
                 f"{self.runs} runs on {self.device} ({self.threads} threads)")
 
 
+@dataclass(frozen=True)
+class Speedup:
+    """How much faster ``other`` ran than ``baseline``, decided against the noise.
+
+    The two were timed interleaved, run by run, so run i of each saw the same
+    machine state: the ratio of run i (baseline / other) is one paired sample.
+    ``low`` and ``high`` are the 25th and 75th percentiles of those paired ratios.
+    The verdict is ``faster`` only when even ``low`` is above 1, ``slower`` only
+    when even ``high`` is below 1, and otherwise ``within noise``: a ratio inside
+    the spread is not called an effect.
+    """
+
+    median: float
+    low: float
+    high: float
+    runs: int
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 1:
+            return "faster"
+        if self.high < 1:
+            return "slower"
+        return "within noise"
+
+    def __str__(self) -> str:
+        return (f"{self.median:.2f}x (paired runs' IQR {self.low:.2f}x-{self.high:.2f}x, "
+                f"{self.runs} runs): {self.verdict}")
+
+
+def speedup(baseline: Measurement, other: Measurement) -> Speedup:
+    """Paired speedup of ``other`` over ``baseline`` (both from one interleaved timing call)."""
+    if len(baseline.times_ms) != len(other.times_ms) or not baseline.times_ms:
+        raise ValueError(f"{baseline.label!r} and {other.label!r} were not timed side by side "
+                         f"({len(baseline.times_ms)} vs {len(other.times_ms)} runs): time them in "
+                         "one call (timing.time_side_by_side or compare_prefill).")
+    ratios = np.asarray(baseline.times_ms) / np.asarray(other.times_ms)
+    q25, q50, q75 = np.percentile(ratios, [25, 50, 75])
+    return Speedup(float(q50), float(q25), float(q75), len(ratios))
+
+
 def check_device(device: str) -> str:
     """'cpu' or 'cuda'; asking for CUDA without a GPU is an error, never a silent CPU number."""
     device = str(device)

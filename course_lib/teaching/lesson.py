@@ -31,6 +31,10 @@ class Lesson:
         value = metrics.perplexity(model or self.model, self.windows.eval if windows is None else windows)
         return round(value, 2)
 
+    def claim(self, text: str, holds: bool, evidence: str = "", needs_real_model: bool = False) -> bool:
+        """``claim`` for this lesson's model (see the module function)."""
+        return claim(text, holds, evidence, needs_real_model, self.name)
+
     def copy_model(self):
         """An independent copy (to keep a dense model beside a pruned one)."""
         return copy.deepcopy(self.model)
@@ -45,6 +49,25 @@ class Lesson:
             print(f"{label:>24}: {m.median_ms:8.1f} ms (IQR {m.iqr_ms:.1f} ms, {m.runs} runs)  "
                   f"ratio to {base.label}: {m.ratio_to(base):.2f}x")
         return result
+
+
+def claim(text: str, holds: bool, evidence: str = "", needs_real_model: bool = False,
+          model_name: str | None = None) -> bool:
+    """Print one claim of a lesson with the numbers that decide it: ``✓ text  [evidence]``.
+
+    A lesson states each measured fact through this call, right after the measurement,
+    so the words and the numbers are one thing: when a future change moves a number,
+    the stored output shows ✗ and nbval fails. ``needs_real_model`` marks a claim about
+    trained weights (quality orderings, timing effects that need real matrix sizes): on
+    a tiny random stand-in (``tiny-*``) it prints ``·`` (not decided) instead of ✓/✗.
+    Returns ``holds``.
+    """
+    holds = bool(holds)
+    stand_in = model_name is not None and model_name.startswith("tiny-")
+    mark = "·" if (needs_real_model and stand_in) else ("✓" if holds else "✗")
+    suffix = "  (random weights: not decided)" if mark == "·" else ""
+    print(f"{mark} {text}" + (f"  [{evidence}]" if evidence else "") + suffix)
+    return holds
 
 
 def start(model_name: str = "smollm2-135m", device: str | None = None, seq_len: int = 128,
