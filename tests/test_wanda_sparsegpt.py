@@ -210,9 +210,20 @@ def test_sparsegpt_lazy_update_granularity_does_not_change_the_result(pattern):
         other, other_keep = sparsegpt_layer(w, h, 0.5, pattern, update_block=update_block)
         assert torch.equal(keep, other_keep)
         assert torch.allclose(other, reference, atol=1e-4, rtol=1e-4)
-    if pattern is None:
-        with pytest.raises(ValueError, match="multiple of update_block=48"):
-            sparsegpt_layer(w, h, 0.5, pattern, update_block=48)
+    if pattern is None:  # any blocksize: the lazy updates stop at every mask-selection block
+        for blocksize in (1, 24, 100):
+            exact, exact_keep = sparsegpt_layer(w, h, 0.5, blocksize=blocksize, update_block=blocksize)
+            for update_block in (16, 48):
+                other, other_keep = sparsegpt_layer(w, h, 0.5, blocksize=blocksize,
+                                                    update_block=update_block)
+                assert torch.equal(exact_keep, other_keep), (blocksize, update_block)
+                assert torch.allclose(other, exact, atol=1e-4, rtol=1e-4)
+            for start in range(0, 256, blocksize):  # the sparsity holds per block
+                block = exact_keep[:, start:start + blocksize]
+                assert int((~block).sum()) == round(0.5 * block.numel())
+        for bad in (0, -16, 2.5, True):
+            with pytest.raises(ValueError, match=f"blocksize={bad!r}: give a whole number"):
+                sparsegpt_layer(w, h, 0.5, blocksize=bad)
 
 
 def test_sparsegpt_nm_with_m_not_dividing_the_update_block():
@@ -223,13 +234,43 @@ def test_sparsegpt_nm_with_m_not_dividing_the_update_block():
     assert torch.equal(w_new == 0, ~keep)
 
 
-def test_sparsegpt_dead_inputs():
+@pytest.mark.parametrize("sparsity, pattern", [(0.0, None), (0.5, None), (0.1, None), (0.5, "2:4")])
+def test_sparsegpt_dead_inputs_are_pruned_and_the_mask_says_so(sparsity, pattern):
+    """Dead inputs count towards the request; beyond it the layer is sparser, and the mask says so."""
     x = correlated_inputs(256, 32)
-    x[:, 5] = 0  # an input channel that never fires
+    dead = [5, 8, 9, 10]  # 8, 9, 10: three of one 2:4 group, more than its two pruned
+    x[:, dead] = 0  # input channels that never fire
     w = torch.randn(8, 32)
-    w_new, keep = sparsegpt_layer(w, x.t() @ x, 0.5)
+    w_new, keep = sparsegpt_layer(w, x.t() @ x, sparsity, pattern, blocksize=16)
     assert torch.isfinite(w_new).all()
-    assert (w_new[:, 5] == 0).all()  # weights on a dead input are free to prune
+    assert (w_new[:, dead] == 0).all() and not keep[:, dead].any()  # pruned, and marked so
+    assert torch.equal(w_new == 0, ~keep)  # the mask describes the weights
+    achieved = float((~keep).float().mean())
+    if pattern is None:  # each 16-column block: max(request, its dead weights), no more
+        expected = sum(max(round(sparsity * 8 * 16), 8 * len([d for d in dead if b <= d < b + 16]))
+                       for b in (0, 16)) / keep.numel()
+    else:  # 2 of every 4 pruned, except the group with 3 dead inputs
+        expected = (7 * 2 + 3) * 8 / keep.numel()
+    assert achieved == pytest.approx(expected)
+
+
+def test_sparsegpt_prune_reports_the_sparsity_achieved_with_a_dead_input():
+    """A model whose input to one projection is always zero: pruned there, reported honestly."""
+    model, _ = models.load("tiny-llama")
+    down = model.model.layers[0].mlp.down_proj
+    silenced = [0, 1, 2, 3]
+    model.model.layers[0].mlp.up_proj.weight.data[silenced] = 0  # these neurons never fire
+    handle = sparsegpt_prune(model, torch.randint(0, 256, (2, 16)), 0.0, batch_size=2)
+    try:
+        keep = handle.info["masks"]["model.layers.0.mlp.down_proj"]
+        assert not keep[:, silenced].any() and keep[:, 4:].all()
+        assert (down.weight[:, silenced] == 0).all()
+        total = sum(m.weight.numel() for m in arch.prunable_linears(model).values())
+        assert handle.info["sparsity"] == pytest.approx(
+            (down.weight.shape[0] * len(silenced) + (model.model.layers[0].mlp.up_proj.weight == 0).sum().item())
+            / total)
+    finally:
+        handle.restore()
 
 
 def test_sparsegpt_retries_with_more_dampening_then_fails_clearly():

@@ -106,6 +106,10 @@ def check_device(device: str) -> str:
                 f"CUDA timing was requested (device='{device}') but torch sees no CUDA GPU. "
                 "Time on device='cpu', or run on a machine with a GPU and a CUDA build of torch."
             )
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ValueError(f"device='{device}': torch sees {torch.cuda.device_count()} CUDA "
+                             f"GPU(s); use one of cuda:0...cuda:{torch.cuda.device_count() - 1}.")
         return device
     if device != "cpu":
         raise ValueError(f"device='{device}': use 'cpu' or 'cuda'.")
@@ -129,16 +133,20 @@ class _Clock:
 
     def __init__(self, device: str):
         self.cuda = device.startswith("cuda")
+        # the GPU the work runs on (cuda:1 is not cuda:0): events and syncs belong there
+        self.device = torch.device(device) if self.cuda else None
 
     def time(self, fn: Callable[[], object]) -> float:
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()  # nothing earlier may leak into this run
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()  # wait for the kernels, not just their launch
-            return start.elapsed_time(end) / 1e3
+            with torch.cuda.device(self.device):  # events record on this GPU's current stream
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                torch.cuda.synchronize(self.device)  # nothing earlier may leak into this run
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(self.device)  # wait for the kernels, not just their launch
+                return start.elapsed_time(end) / 1e3
         begin = time.perf_counter()
         fn()
         return time.perf_counter() - begin
@@ -148,11 +156,14 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], device: str = "cpu",
                       warmup: int = 2, runs: int = 10, threads: int | None = 2,
                       setup: dict[str, Callable[[], object]] | None = None,
                       per: int = 1) -> dict[str, Measurement]:
-    """Time several workloads, interleaved run by run (A, B, A, B...).
+    """Time several workloads, interleaved run by run (A, B, then B, A, ...).
 
     Interleaving spreads any drift of the machine (turbo, other processes)
-    evenly over the candidates, so their *ratio* is fair. ``setup[label]``
-    runs untimed before each timed run (e.g. a fresh KV cache).
+    evenly over the candidates, so their *ratio* is fair; the order is reversed
+    every other round, so no candidate always runs first (on a cooler cache, or
+    right after the other's allocations). Run i of every candidate still comes
+    from round i: ``speedup`` pairs them. ``setup[label]`` runs untimed before
+    each timed run (e.g. a fresh KV cache).
     """
     device = check_device(device)
     if runs < 1 or warmup < 0:
@@ -162,7 +173,8 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], device: str = "cpu",
     times: dict[str, list[float]] = {label: [] for label in fns}
     with thread_count(None if device.startswith("cuda") else threads) as used, torch.inference_mode():
         for i in range(warmup + runs):
-            for label, fn in fns.items():
+            order = list(fns.items())
+            for label, fn in (order if i % 2 == 0 else order[::-1]):
                 if label in setup:
                     setup[label]()
                 elapsed = clock.time(fn)
@@ -177,7 +189,9 @@ def time_call(fn: Callable[[], object], label: str = "call", **kwargs) -> Measur
 
 
 def _model_device(model) -> str:
-    return next(model.parameters()).device.type
+    """'cpu', 'cuda' or 'cuda:1': the index matters, timing syncs that GPU."""
+    device = next(model.parameters()).device
+    return device.type if device.index is None else f"{device.type}:{device.index}"
 
 
 def _token_batch(model, batch: int, tokens: int, seed: int = 0) -> torch.Tensor:

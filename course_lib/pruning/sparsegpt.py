@@ -14,6 +14,14 @@ row's later columns. Which weights to prune is decided per block of 128 columns
 (the ones of lowest w^2 / U_ii^2 in the block, "adaptive mask selection"), or
 per group of M columns for N:M; the updates to columns right of the block are
 batched into one matrix product ("lazy batch updates").
+
+Inputs that were always zero in calibration ("dead" inputs, H_ii = 0) carry no
+signal: their weights are set to zero and marked pruned in the returned mask,
+so the mask always describes the weights. They count towards the requested
+sparsity: with a score of 0 they are the first weights each block prunes, so a
+layer is pruned exactly as requested unless its dead weights alone exceed the
+request in some block (or N:M group); then it ends sparser than asked, and the
+achieved sparsity (``handle.info["sparsity"]``, counted from the weights) says so.
 """
 from __future__ import annotations
 
@@ -81,14 +89,16 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
                     name: str = "layer", update_block: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune an (out, in) weight ``W`` given its input Hessian ``H``; returns ``(W_new, keep_mask)``.
 
-    A pure function on tensors (inputs are not modified). ``blocksize``: columns per
-    adaptive mask selection (unstructured). ``update_block``: columns between two lazy
-    batch updates (a multiple of M for N:M); any value gives the same result up to
-    rounding, small ones are faster on a CPU. ``segments`` lists the row counts of matrices stacked in ``W``
+    A pure function on tensors (inputs are not modified). ``blocksize`` (any whole
+    number >= 1): columns per adaptive mask selection (unstructured). ``update_block``:
+    at most this many columns between two lazy batch updates (rounded down to a multiple
+    of M for N:M; an update never crosses a mask-selection block); any value gives the
+    same result up to rounding, small ones are faster on a CPU. ``segments`` lists the row counts of matrices stacked in ``W``
     because they share one input (q, k, v): each keeps its own sparsity in every
     block, exactly as if pruned separately.
     """
     sparsity, pattern = check_sparsity(sparsity), parse_pattern(pattern)
+    blocksize, update_block = check_block("blocksize", blocksize), check_block("update_block", update_block)
     rows, cols = W.shape
     if H.shape != (cols, cols):
         raise ValueError(f"H has shape {tuple(H.shape)}, but W is {tuple(W.shape)}: "
@@ -96,8 +106,6 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     if pattern is not None:  # N:M: masks are chosen per M columns; blocks must hold whole groups
         check_pattern_fits(name, cols, pattern)
         update_block = max(pattern[1], update_block - update_block % pattern[1])
-    elif blocksize % update_block:
-        raise ValueError(f"blocksize={blocksize} must be a multiple of update_block={update_block}.")
     bounds = torch.tensor([0] + (segments or [rows])).cumsum(0).tolist()
 
     H = H.detach().float().clone()
@@ -109,8 +117,11 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     d = U.diagonal().unsqueeze(1)        # U_ii, as a column: (in, 1)
     prune = torch.zeros_like(Wt, dtype=torch.bool)
 
-    for i1 in range(0, cols, update_block):
+    i1 = 0
+    while i1 < cols:
         i2 = min(i1 + update_block, cols)
+        if pattern is None:  # an update block never straddles a mask-selection block
+            i2 = min(i2, (i1 // blocksize + 1) * blocksize)
         if pattern is None and i1 % blocksize == 0:
             # adaptive mask selection: lowest w^2 / U_ii^2 of the next `blocksize` columns, per matrix
             b2 = min(i1 + blocksize, cols)
@@ -132,7 +143,16 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
         Wb.masked_fill_(Pb, 0.0)  # exact zeros (the update leaves ~1e-9 residues)
         # lazy batch update of every column right of the block, in one matrix product
         Wt[i2:].addmm_(U[i1:i2, i2:].t(), err, alpha=-1)
+        i1 = i2
+    prune[dead] = True  # zero weights on dead inputs: pruned, whatever the selection said
     return Wt.t().contiguous().to(W.dtype), (~prune).t().contiguous()
+
+
+def check_block(what: str, value) -> int:
+    """A block size is a whole number of columns >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what}={value!r}: give a whole number of columns >= 1, e.g. 128.")
+    return value
 
 
 def collect_hessian(stat, x: torch.Tensor):
@@ -154,9 +174,12 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
     ``pattern="2:4"`` gives N:M sparsity (then the sparsity is 1 - N/M). ``blocksize``,
     ``percdamp``: see ``sparsegpt_layer``. ``batch_size`` / ``on_arrival``: how the
     layers are walked, see ``calibrate.walk`` (``on_arrival="all"`` is SparseGPT's
-    "true sequential" option).
+    "true sequential" option). Weights on inputs that calibration never activated are
+    pruned whatever the request (see the module docstring): ``handle.info["sparsity"]``
+    is the sparsity achieved, counted from the weights.
     """
     sparsity, pattern = check_target(model, sparsity, pattern)
+    blocksize = check_block("blocksize", blocksize)
     calib_windows = calibrate.check_windows(calib_windows, model)
     handle = PruneHandle(describe("sparsegpt", sparsity, pattern))
     masks = {}

@@ -28,13 +28,17 @@ class PruneHandle:
         self.description = description
         self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._attrs: list[tuple[Any, str, Any]] = []
-        self._seen: set[int] = set()
+        self._seen: set[tuple] = set()
         self.permanent = False
         self.info: dict[str, Any] = {}  # what was pruned (masks, kept indices...), for reports
 
     def save_tensor(self, tensor: torch.Tensor) -> None:
-        """Keep a copy of ``tensor`` (once) before it is edited in place."""
-        key = id(tensor)
+        """Keep a copy of ``tensor`` (once) before it is edited in place.
+
+        "Once" is decided by the memory the tensor covers, not by the Python object:
+        ``param.data`` is a new tensor object at every access, but the same memory.
+        """
+        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
         if key not in self._seen:
             self._seen.add(key)
             self._tensors.append((tensor, tensor.detach().clone()))
