@@ -288,7 +288,8 @@ def _remove_llama(attn: nn.Module, keep: list[int], group: int, d: int,
     handle.set_attr(attn, "o_proj", slice_linear(attn.o_proj, keep_in=q_rows))
     # forward reads the head count from the weight shapes, but the eager path
     # repeats each KV head num_key_value_groups times: it must match the new ratio.
-    # (sdpa with enable_gqa infers the ratio itself and would hide a stale value.)
+    # (sdpa without an attention mask infers the ratio itself and would hide a stale value;
+    # with one, e.g. a padded batch, it repeats the KV heads as eager does.)
     handle.set_attr(attn, "num_key_value_groups", len(keep) // len(keep_kv))
 
 
