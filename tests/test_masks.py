@@ -10,6 +10,7 @@ from torch.nn.utils import prune
 from transformers.pytorch_utils import Conv1D
 
 from course_lib.core import arch, models
+from course_lib.pruning import masks as masks_
 from course_lib.pruning.masks import (apply_masks, check_sparsity, magnitude_prune, nm_mask,
                                       parse_pattern, random_prune, topk_mask)
 
@@ -87,20 +88,6 @@ def test_pattern_with_global_scope_is_refused():
 
 
 # ------------------------------------------------------------------ the two mask rules
-@FAST
-@given(rows=st.integers(1, 6), groups=st.integers(1, 6), m=st.integers(2, 8), data=st.data())
-def test_nm_mask_keeps_exactly_n_largest_per_group(rows, groups, m, data):
-    n = data.draw(st.integers(1, m - 1))
-    scores = torch.randn(rows, groups * m)
-    keep = nm_mask(scores, n, m)
-    g_keep, g_scores = keep.reshape(rows, groups, m), scores.reshape(rows, groups, m)
-    assert (g_keep.sum(-1) == n).all()
-    # every kept score beats every pruned one of its group
-    kept_min = g_scores.masked_fill(~g_keep, float("inf")).amin(-1)
-    pruned_max = g_scores.masked_fill(g_keep, float("-inf")).amax(-1)
-    assert (kept_min >= pruned_max).all()
-
-
 def test_ties_prune_the_earlier_weight_first_within_a_row():
     scores = torch.tensor([[3.0, 1.0, 2.0, 1.0, 1.0, 5.0]])
     assert topk_mask(scores, 0.5, "row").tolist() == [[True, False, True, False, False, True]]
@@ -114,25 +101,6 @@ def test_nm_mask_with_ties_keeps_at_most_n_nonzeros():
     pruned = weight * keep
     assert ((pruned.reshape(1, 2, 4) != 0).sum(-1) <= 2).all()
     assert keep.sum() == 4
-
-
-@FAST
-@given(rows=st.integers(1, 8), cols=st.integers(1, 40), sparsity=st.floats(0, 0.99),
-       ties=st.booleans(), scope=st.sampled_from(["row", "matrix"]))
-def test_topk_mask_prunes_the_requested_count_of_the_lowest(rows, cols, sparsity, ties, scope):
-    scores = torch.randn(rows, cols)
-    if ties:  # few distinct values: the count must still be exact
-        scores = scores.round()
-    keep = topk_mask(scores, sparsity, scope)
-    if scope == "row":  # the same count in every row, each row's lowest
-        assert ((~keep).sum(-1) == round(sparsity * cols)).all()
-        kept_min = scores.masked_fill(~keep, float("inf")).amin(-1)
-        pruned_max = scores.masked_fill(keep, float("-inf")).amax(-1)
-        assert (kept_min >= pruned_max).all()
-    else:
-        assert int((~keep).sum()) == round(sparsity * rows * cols)
-        if (~keep).any() and keep.any():
-            assert scores[keep].min() >= scores[~keep].max()
 
 
 @FAST
@@ -242,3 +210,103 @@ def test_apply_masks_on_conv1d_uses_out_in_orientation():
     handle = apply_masks(model, {"transformer.h.0.mlp.c_fc": keep})
     assert (module.weight[:, 3] == 0).all() and (module.weight[:, 4] != 0).all()
     handle.restore()
+
+
+# ------------------------------------------------------------------ properties (hypothesis)
+PROPERTIES = settings(max_examples=60, deadline=None)
+
+
+@PROPERTIES
+@given(shape=st.lists(st.integers(1, 9), min_size=1, max_size=3), sparsity=st.floats(0, 0.999),
+       scope=st.sampled_from(masks_.SCOPES), ties=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_property_topk_mask_prunes_exactly_the_lowest_scores(shape, sparsity, scope, ties, seed):
+    scores = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if ties:  # few distinct values (quantized weights): the counts must still be exact
+        scores = scores.round()
+    keep = masks_.topk_mask(scores, sparsity, scope)
+    assert keep.dtype == torch.bool and keep.shape == scores.shape
+    width = shape[-1] if scope == "row" else scores.numel()  # the set of scores compared together
+    sets, kept = scores.reshape(-1, width), keep.reshape(-1, width)
+    assert ((~kept).sum(-1) == round(sparsity * width)).all()
+    kept_min = sets.masked_fill(~kept, float("inf")).amin(-1)
+    pruned_max = sets.masked_fill(kept, float("-inf")).amax(-1)
+    assert (kept_min >= pruned_max).all()
+
+
+@PROPERTIES
+@given(rows=st.integers(1, 6), groups=st.integers(1, 6), m=st.integers(2, 8), data_=st.data(),
+       zeros=st.floats(0, 0.8), ties=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_property_nm_mask_keeps_at_most_n_largest_of_every_m(rows, groups, m, data_, zeros, ties, seed):
+    n = data_.draw(st.integers(1, m - 1), label="n")
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(rows, groups * m, generator=g)
+    if ties:
+        weight = weight.round()
+    weight[torch.rand(weight.shape, generator=g) < zeros] = 0  # already-zero weights count too
+    keep = masks_.nm_mask(weight.abs(), n, m)
+    assert ((weight * keep != 0).reshape(rows, groups, m).sum(-1) <= n).all()
+    assert (keep.reshape(rows, groups, m).sum(-1) == n).all()  # exactly 1 - N/M pruned
+    w, k = weight.abs().reshape(rows, groups, m), keep.reshape(rows, groups, m)
+    assert (w.masked_fill(~k, float("inf")).amin(-1) >= w.masked_fill(k, float("-inf")).amax(-1)).all()
+    misfit = groups * m + data_.draw(st.integers(1, m - 1), label="remainder")
+    with pytest.raises(ValueError, match=f"in_features={misfit} is not a multiple of M={m}.*Choose"):
+        masks_.nm_mask(torch.randn(rows, misfit), n, m)
+
+
+_MODELS = {}
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(TINY), sparsity=st.floats(0, 0.95), scope=st.sampled_from(masks_.SCOPES),
+       pattern=st.sampled_from([None, None, None, "1:2", "2:4", "1:4", "3:4", "4:8", "2:3"]))
+def test_property_magnitude_prune_on_a_model(name, sparsity, scope, pattern):
+    """Achieved sparsity exact to rounding, N:M respected, the largest |w| kept, restore exact."""
+    model = _MODELS.setdefault(name, models.load(name)[0])
+    modules = arch.prunable_linears(model)
+    before = {k: arch.weight_matrix(mod).clone() for k, mod in modules.items()}
+    if pattern is not None:
+        n, m = masks_.parse_pattern(pattern)
+        misfits = [w.shape[1] for w in before.values() if w.shape[1] % m]
+        refusal = (f"in_features={misfits[0]} .*Choose an M" if misfits
+                   else "leave scope='row'" if scope != "row" else None)
+        if refusal:
+            with pytest.raises(ValueError, match=refusal):
+                masks_.magnitude_prune(model, sparsity, scope=scope, pattern=pattern)
+            assert all(torch.equal(arch.weight_matrix(mod), before[k]) for k, mod in modules.items())
+            return
+    handle = masks_.magnitude_prune(model, sparsity, scope=scope, pattern=pattern)
+    try:
+        total = sum(w.numel() for w in before.values())
+        pruned_total, kept_abs, pruned_abs = 0, [], []
+        for k, module in modules.items():
+            w, keep = arch.weight_matrix(module), handle.info["masks"][k]
+            assert torch.equal(w, before[k] * keep)  # zero where pruned, untouched elsewhere
+            pruned_total += int((~keep).sum())
+            a = before[k].abs()
+            if pattern is not None:
+                groups, gk = (x.reshape(x.shape[0], -1, m) for x in (w, keep))
+                assert ((groups != 0).sum(-1) <= n).all() and (gk.sum(-1) == n).all()
+                ga = a.reshape(a.shape[0], -1, m)
+                assert (ga.masked_fill(~gk, float("inf")).amin(-1) >=
+                        ga.masked_fill(gk, float("-inf")).amax(-1)).all()
+            elif scope == "row":
+                assert ((~keep).sum(1) == round(sparsity * w.shape[1])).all()
+                assert (a.masked_fill(~keep, float("inf")).amin(1) >=
+                        a.masked_fill(keep, float("-inf")).amax(1)).all()
+            elif scope == "matrix":
+                assert int((~keep).sum()) == round(sparsity * w.numel())
+                if keep.any() and (~keep).any():
+                    assert a[keep].min() >= a[~keep].max()
+            else:
+                kept_abs.append(a[keep])
+                pruned_abs.append(a[~keep])
+        if scope == "global" and pattern is None:
+            assert pruned_total == round(sparsity * total)
+            kept_all, pruned_all = torch.cat(kept_abs), torch.cat(pruned_abs)
+            if kept_all.numel() and pruned_all.numel():
+                assert kept_all.min() >= pruned_all.max()
+        expected = 1 - n / m if pattern is not None else pruned_total / total
+        assert handle.info["sparsity"] == pytest.approx(expected, abs=1e-12)
+    finally:
+        handle.restore()
+    assert all(torch.equal(arch.weight_matrix(mod), before[k]) for k, mod in modules.items())
