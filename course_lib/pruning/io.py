@@ -43,11 +43,13 @@ from torch import nn
 from ..core import arch, metrics, models
 from .heads import kept_heads, remove_heads
 from .mlp import kept_neurons, remove_neurons
+from . import compressed
 from .undo import PruneHandle
 
 FORMAT = "course-pruned-v1"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+SPARSE_WEIGHTS = "model.sparse-bitmask.safetensors"
 TOKENIZER = "tokenizer"
 
 # config keys that must agree between the saved model and the base reloaded by name
@@ -142,9 +144,13 @@ def _manifest(model: nn.Module, handle_or_manifest) -> dict:
 
 
 def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=None,
-                standard: bool | None = None, _manifest_optional: bool = False) -> Path:
+                standard: bool | None = None, compress: bool = False,
+                _manifest_optional: bool = False) -> Path:
     """Write ``folder`` = manifest + safetensors weights (+ tokenizer), atomically.
 
+    ``compress=True`` stores sparse weights in the bitmask layout (``compressed``):
+    fewer bytes for an unstructured sparse model, opened by ``load_pruned`` only;
+    ``manifest["bytes_on_disk"]`` then reports the saved folder's size.
     ``standard``: None (default) writes a standard Hugging Face checkpoint when the
     layers were cut uniformly (see ``export_pretrained``) and the recipe form
     otherwise; True requires the standard form; False always writes the recipe form.
@@ -159,6 +165,11 @@ def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=Non
             (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"{folder} exists and is not a saved pruned model (no {MANIFEST}); "
                          "choose a new folder, or delete this one yourself.")
+    if compress:
+        if standard:
+            raise ValueError("compress=True writes the course's bitmask file, which from_pretrained "
+                             "cannot open: ask for standard=True or compress=True, not both.")
+        standard = False
     if standard is None:
         try:
             uniform_shapes(model)
@@ -177,12 +188,21 @@ def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=Non
             _write_standard(model, staging, tokenizer)
             if manifest is not None:
                 manifest.update(standard=True, weights=WEIGHTS, tokenizer_folder=".")
+        elif compress:
+            from safetensors.torch import save_file
+            state = _unique_state(model)
+            save_file(compressed.compress_state_dict(state), str(staging / SPARSE_WEIGHTS),
+                      metadata={"format": "pt", "compression": compressed.FORMAT})
+            manifest.update(weights=SPARSE_WEIGHTS, compression=compressed.FORMAT)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging / TOKENIZER)
         else:
             save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})  # tied weights once
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging / TOKENIZER)
         if manifest is not None:
             manifest["tokenizer"] = tokenizer is not None
+            manifest["bytes_on_disk"] = folder_bytes(staging)  # without the manifest itself
             (staging / MANIFEST).write_text(_dump(manifest))  # written last: marks the save complete
         if folder.exists():
             # rename(2) cannot replace a non-empty folder: move the old one aside first
@@ -278,6 +298,22 @@ def is_standard(folder) -> bool:
     return (Path(folder) / "config.json").is_file()
 
 
+def folder_bytes(folder) -> int:
+    """Bytes of every file under ``folder``, as stored (measured, not estimated)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared (tied) tensor once, as safetensors' save_model keeps it."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
+        if key not in seen:
+            seen.add(key)
+            state[name] = tensor
+    return state
+
+
 def read_manifest(folder) -> dict:
     """The manifest of a save, with a clear error when ``folder`` is not one."""
     path = Path(folder) / MANIFEST
@@ -333,8 +369,13 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
                          f"{manifest['mlp_width_per_layer']}: the manifest is damaged.")
     device_now = next(model.parameters()).device
     try:
-        # strict: every tensor must be there with its exact shape
-        load_model(model, str(folder / manifest["weights"]), strict=True, device=str(device_now))
+        if manifest.get("compression") == compressed.FORMAT:
+            from safetensors.torch import load_file
+            state = compressed.decompress_state_dict(load_file(str(folder / manifest["weights"])))
+            _load_unique_state(model, state)
+        else:
+            # strict: every tensor must be there with its exact shape
+            load_model(model, str(folder / manifest["weights"]), strict=True, device=str(device_now))
     except RuntimeError as err:
         raise ValueError(f"{folder}: the saved weights do not fit the rebuilt model ({err}). "
                          "Were the manifest and the weights written by different saves?") from err
@@ -370,3 +411,17 @@ def _load_standard(folder: Path, manifest: dict, device, attn_implementation):
     if tokenizer is None:
         tokenizer = models.load(manifest["base_model"], device="cpu")[1]
     return model, tokenizer
+
+
+def _load_unique_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model`` strictly (tied tensors may appear under one name)."""
+    expected = _unique_state(model)
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise RuntimeError(f"missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
+    with torch.no_grad():
+        for name, target in expected.items():
+            if tuple(state[name].shape) != tuple(target.shape):
+                raise RuntimeError(f"{name} has shape {tuple(state[name].shape)}, the model "
+                                   f"expects {tuple(target.shape)}")
+            target.copy_(state[name])
