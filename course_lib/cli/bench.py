@@ -29,6 +29,7 @@ import transformers
 
 from ..core import arch, data, metrics, models
 from ..runtime import sparse, speed
+from . import options
 from ..pruning.recipes import heads_request, neurons_request, prune_with, structure_count
 from ..pruning.masks import magnitude_prune
 from ..pruning.heads import head_importance_contribution, remove_heads
@@ -475,7 +476,8 @@ def register(sub) -> None:
     bench = sub.add_parser("bench", help="speed and quality benchmark -> OUT/results.md, results.png")
     bench.add_argument("model", nargs="?", default="smollm2-135m",
                        help=f"a course model ({', '.join(models.all_names())})")
-    bench.add_argument("--threads", type=int, default=2, help="CPU threads (recorded with timings)")
+    bench.add_argument("--threads", type=options.THREADS, default=2,
+                       help="CPU threads (recorded with timings), 1..1024")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--source", default="pydoc", help="text for perplexity/calibration")
     bench.add_argument("--out", default="bench", help="folder for results.md and results.png")
