@@ -29,6 +29,7 @@ class PruneHandle:
         self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._attrs: list[tuple[Any, str, Any]] = []
         self._seen: set[int] = set()
+        self._undos: list = []  # callables that put back what no tensor copy holds (offloaded weights)
         self.permanent = False
         self.info: dict[str, Any] = {}  # what was pruned (masks, kept indices...), for reports
 
@@ -38,6 +39,16 @@ class PruneHandle:
         if key not in self._seen:
             self._seen.add(key)
             self._tensors.append((tensor, tensor.detach().clone()))
+
+    def forget_tensor(self, tensor: torch.Tensor) -> None:
+        """Drop the copy kept of ``tensor`` (its original is kept elsewhere, e.g. on disk)."""
+        if id(tensor) in self._seen:
+            self._seen.discard(id(tensor))
+            self._tensors = [(t, o) for t, o in self._tensors if t is not tensor]
+
+    def on_restore(self, undo) -> None:
+        """Call ``undo()`` on restore (after the tensors and attributes, in reverse order)."""
+        self._undos.append(undo)
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
         """``setattr(obj, name, value)``, remembering the old value (or that there was none)."""
@@ -57,6 +68,8 @@ class PruneHandle:
                 setattr(obj, name, old)
         for tensor, original in reversed(self._tensors):
             tensor.copy_(original)
+        for undo in reversed(self._undos):
+            undo()
         self._clear()
 
     def make_permanent(self) -> None:
@@ -68,6 +81,7 @@ class PruneHandle:
         self._tensors.clear()
         self._attrs.clear()
         self._seen.clear()
+        self._undos.clear()
 
     def __repr__(self) -> str:
         return (f"PruneHandle({self.description!r}, tensors={len(self._tensors)}, "
