@@ -28,6 +28,7 @@ import torch
 import transformers
 
 from ..core import arch, data, metrics, models
+from ..core.progress import bar
 from ..runtime import sparse, speed
 from . import options
 from ..pruning.recipes import heads_request, neurons_request, prune_with, structure_count
@@ -218,11 +219,13 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
     blocksize = _blocksize(model, cfg.blocksize)
 
     seconds = {}
+    sections = bar(total=4, desc="bench sections", unit="section")
     with torch.no_grad():
         _say(log, "(a) latency, side by side with the dense model")
         tick = time.perf_counter()
         latency = latency_section(model, windows, cfg, threads, blocksize, log)
         seconds["latency"] = time.perf_counter() - tick
+        sections.update(1)
         _say(log, "(c) one matrix: CSR/BSR break-even")
         tick = time.perf_counter()
         names = sparse.mlp_linear_names(model)
@@ -231,11 +234,16 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         curve = sparse.sparse_layer_ratios(weight, cfg.curve, cfg.tokens, layouts, blocksize or 32,
                                           runs=cfg.curve_runs, threads=threads)
         seconds["curve"] = time.perf_counter() - tick
+        sections.update(1)
         _say(log, "(b) quality")
         tick = time.perf_counter()
         quality = quality_section(model, windows, cfg, log)
         seconds["quality"] = time.perf_counter() - tick
+        sections.update(1)
+    sections.set_description("bench sections: (d) GPU 2:4")
     gpu = gpu_section(model_name, cfg)
+    sections.update(1)
+    sections.close()
     try:
         machine["load_average_at_end"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -263,7 +271,7 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         "bench_seconds": time.perf_counter() - started,
         "section_seconds": seconds,
     }
-    (out / "results.md").write_text(to_markdown(result))
+    (out / "results.md").write_text(to_markdown(result) + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     result["files"] = [str(out / "results.md"), str(out / "results.png"), str(out / "results.json")]
@@ -272,11 +280,20 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
     return result
 
 
+def _kept_sections(path: Path) -> str:
+    """Sections measured by other scripts (bench/offload_memory.py) survive a rerun."""
+    if not path.exists():
+        return ""
+    import re
+    kept = re.findall(r"\n## Pruning beyond memory.*?(?=\n## |\Z)", path.read_text(), flags=re.S)
+    return "".join(kept)
+
+
 def render(out: str | Path = "bench") -> Path:
     """Rewrite OUT/results.md and OUT/results.png from OUT/results.json (no re-measuring)."""
     out = Path(out)
     result = json.loads((out / "results.json").read_text())
-    (out / "results.md").write_text(to_markdown(result))
+    (out / "results.md").write_text(to_markdown(result) + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     return out / "results.md"
 

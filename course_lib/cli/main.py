@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ..core import arch, data, metrics, models, timing
+from ..core import arch, data, metrics, models, progress, timing
 from ..pruning import io
 from . import bench, options, prune
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code
     torch.set_num_threads(args.threads)
     try:
-        result = args.run(args)
+        with progress.quiet(args.json):  # --json: stdout and stderr carry no progress bars
+            result = args.run(args)
     except (models.ModelNotAvailableError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

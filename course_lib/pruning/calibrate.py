@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..core import arch
+from ..core.progress import bar
 from .masks import achieved_sparsity
 from . import offload
 from .offload import layer_on_device
@@ -168,7 +169,8 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
 
     With ``return_hidden`` the last layer's outputs (one tensor per batch) are
     returned, e.g. to compare with a full forward pass. ``progress(index, n_layers)``
-    is called after each layer.
+    is called after each layer; on a terminal a tqdm bar also shows "layer i of n"
+    (``core.progress``: never in notebooks or in ``--json`` mode).
 
     An offloaded model (accelerate ``device_map`` with layers on CPU or disk) has
     each layer brought to its execution device only while it is walked, and its
@@ -186,12 +188,16 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
         batch_size = windows.shape[0]
     hidden, calls = capture_layer_inputs(model, windows, batch_size)
 
+    shown = bar(total=len(layers), desc="calibration walk, layer", unit="layer")
     for index, layer in enumerate(layers):
+        shown.set_description(f"calibration walk, layer {index + 1} of {len(layers)}")
         with layer_on_device(layer, handle):
             hidden = _walk_layer(index, layer, hidden, calls, group_names, n_dense, collect,
                                  prune_layer, last=index == len(layers) - 1 and not return_hidden)
+        shown.update(1)
         if progress is not None:
             progress(index, len(layers))
+    shown.close()
     return hidden if return_hidden else None
 
 
