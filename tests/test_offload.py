@@ -43,3 +43,14 @@ def test_offloaded_walk_matches_in_memory(tmp_path, name, method):
 
     on_disk.restore()  # originals come back from the checkpoint, not from a copy in memory
     assert all(torch.equal(original[k], v) for k, v in weights(off).items())
+
+
+def test_the_walk_keeps_no_copy_of_offloaded_weights(tmp_path):
+    """The originals of an offloaded layer stay in the store: the handle holds no tensor copy."""
+    model, tokenizer = models.load("tiny-llama", device="cpu")
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    off, _ = offload.load_offloaded(tmp_path / "ckpt", tmp_path / "offload")
+    windows = data.windows_for(tokenizer, "tiny-llama", seq_len=16, n_eval=1, n_calib=2)
+    handle = wanda_prune(off, windows.calib, 0.5)
+    assert handle._tensors == [] and handle._undos  # restored from the store, not from memory

@@ -42,9 +42,13 @@ class PruneHandle:
 
     def forget_tensor(self, tensor: torch.Tensor) -> None:
         """Drop the copy kept of ``tensor`` (its original is kept elsewhere, e.g. on disk)."""
-        if id(tensor) in self._seen:
-            self._seen.discard(id(tensor))
-            self._tensors = [(t, o) for t, o in self._tensors if t is not tensor]
+        # ``param.data`` is a new Python object on every access: match the memory, not the object
+        ptr = tensor.untyped_storage().data_ptr()
+        kept = [(t, o) for t, o in self._tensors if t.untyped_storage().data_ptr() != ptr]
+        for t, _ in self._tensors:
+            if t.untyped_storage().data_ptr() == ptr:
+                self._seen.discard(id(t))
+        self._tensors = kept
 
     def on_restore(self, undo) -> None:
         """Call ``undo()`` on restore (after the tensors and attributes, in reverse order)."""
