@@ -54,3 +54,11 @@ def test_the_walk_keeps_no_copy_of_offloaded_weights(tmp_path):
     windows = data.windows_for(tokenizer, "tiny-llama", seq_len=16, n_eval=1, n_calib=2)
     handle = wanda_prune(off, windows.calib, 0.5)
     assert handle._tensors == [] and handle._undos  # restored from the store, not from memory
+
+
+def test_a_bench_rerun_keeps_the_offload_section(tmp_path):
+    from course_lib.cli import bench
+    results = tmp_path / "results.md"
+    results.write_text("# old\n\n## Checks\nx\n\n## Pruning beyond memory (decoder offloaded to disk)\n\n| a |\n")
+    assert bench._kept_sections(results).strip().startswith("## Pruning beyond memory")
+    assert "Checks" not in bench._kept_sections(results)
