@@ -28,7 +28,9 @@ import torch
 import transformers
 
 from ..core import arch, data, metrics, models
+from ..core.progress import bar
 from ..runtime import sparse, speed
+from . import options
 from ..pruning.recipes import heads_request, neurons_request, prune_with, structure_count
 from ..pruning.masks import magnitude_prune
 from ..pruning.heads import head_importance_contribution, remove_heads
@@ -217,11 +219,13 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
     blocksize = _blocksize(model, cfg.blocksize)
 
     seconds = {}
+    sections = bar(total=4, desc="bench sections", unit="section")
     with torch.no_grad():
         _say(log, "(a) latency, side by side with the dense model")
         tick = time.perf_counter()
         latency = latency_section(model, windows, cfg, threads, blocksize, log)
         seconds["latency"] = time.perf_counter() - tick
+        sections.update(1)
         _say(log, "(c) one matrix: CSR/BSR break-even")
         tick = time.perf_counter()
         names = sparse.mlp_linear_names(model)
@@ -230,11 +234,16 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         curve = sparse.sparse_layer_ratios(weight, cfg.curve, cfg.tokens, layouts, blocksize or 32,
                                           runs=cfg.curve_runs, threads=threads)
         seconds["curve"] = time.perf_counter() - tick
+        sections.update(1)
         _say(log, "(b) quality")
         tick = time.perf_counter()
         quality = quality_section(model, windows, cfg, log)
         seconds["quality"] = time.perf_counter() - tick
+        sections.update(1)
+    sections.set_description("bench sections: (d) GPU 2:4")
     gpu = gpu_section(model_name, cfg)
+    sections.update(1)
+    sections.close()
     try:
         machine["load_average_at_end"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -262,7 +271,7 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         "bench_seconds": time.perf_counter() - started,
         "section_seconds": seconds,
     }
-    (out / "results.md").write_text(to_markdown(result))
+    (out / "results.md").write_text(to_markdown(result) + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     result["files"] = [str(out / "results.md"), str(out / "results.png"), str(out / "results.json")]
@@ -271,11 +280,20 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
     return result
 
 
+def _kept_sections(path: Path) -> str:
+    """Sections measured by other scripts (bench/offload_memory.py) survive a rerun."""
+    if not path.exists():
+        return ""
+    import re
+    kept = re.findall(r"\n## Pruning beyond memory.*?(?=\n## |\Z)", path.read_text(), flags=re.S)
+    return "".join(kept)
+
+
 def render(out: str | Path = "bench") -> Path:
     """Rewrite OUT/results.md and OUT/results.png from OUT/results.json (no re-measuring)."""
     out = Path(out)
     result = json.loads((out / "results.json").read_text())
-    (out / "results.md").write_text(to_markdown(result))
+    (out / "results.md").write_text(to_markdown(result) + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     return out / "results.md"
 
@@ -475,7 +493,8 @@ def register(sub) -> None:
     bench = sub.add_parser("bench", help="speed and quality benchmark -> OUT/results.md, results.png")
     bench.add_argument("model", nargs="?", default="smollm2-135m",
                        help=f"a course model ({', '.join(models.all_names())})")
-    bench.add_argument("--threads", type=int, default=2, help="CPU threads (recorded with timings)")
+    bench.add_argument("--threads", type=options.THREADS, default=2,
+                       help="CPU threads (recorded with timings), 1..1024")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--source", default="pydoc", help="text for perplexity/calibration")
     bench.add_argument("--out", default="bench", help="folder for results.md and results.png")

@@ -11,25 +11,35 @@ import time
 
 import torch
 
-from ..core import arch, data, metrics, models, timing
-from . import bench, prune
+from ..core import arch, data, metrics, models, progress, timing
+from ..pruning import io
+from . import bench, options, prune
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", nargs="?", default="smollm2-135m",
-                        help=f"a course model ({', '.join(models.all_names())}) or a hub id")
+                        help=f"a course model ({', '.join(models.all_names())}), a hub id, "
+                             "or a folder saved by prune --save")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if present)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (recorded with timings)")
+    parser.add_argument("--threads", type=options.THREADS, default=2,
+                        help="CPU threads (recorded with timings), 1..1024")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", default="pydoc", help="pydoc (offline), wikitext or a .txt path")
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--n-eval", type=int, default=16, help="evaluation windows")
-    parser.add_argument("--n-calib", type=int, default=32, help="calibration windows")
-    parser.add_argument("--latency-tokens", type=int, default=128, help="prefill length timed")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs after warm-up")
+    parser.add_argument("--seq-len", type=options.SEQ_LEN, default=256, help="window length, tokens")
+    parser.add_argument("--n-eval", type=options.WINDOWS, default=16, help="evaluation windows")
+    parser.add_argument("--n-calib", type=options.WINDOWS, default=32, help="calibration windows")
+    parser.add_argument("--latency-tokens", type=options.TOKENS, default=128, help="prefill length timed")
+    parser.add_argument("--runs", type=options.RUNS, default=5, help="timed runs after warm-up")
+
+
+def load(name: str, device=None):
+    """A course model, a hub id, or a saved folder (course recipe or standard checkpoint)."""
+    if (io.Path(name).expanduser() / io.MANIFEST).is_file():
+        return io.load_pruned(io.Path(name).expanduser(), device=device)
+    return models.load(name, device=device)
 
 
 def model_info(model) -> dict:
@@ -55,16 +65,17 @@ def model_info(model) -> dict:
 
 
 def cmd_info(args) -> dict:
-    model, _ = models.load(args.model, device=args.device)
+    model, _ = load(args.model, device=args.device)
     return model_info(model)
 
 
 def cmd_eval(args) -> dict:
     started = time.perf_counter()
-    model, tokenizer = models.load(args.model, device=args.device)
+    model, tokenizer = load(args.model, device=args.device)
     load_seconds = time.perf_counter() - started
-    windows = data.windows_for(tokenizer, args.model, source=args.source, seq_len=args.seq_len,
-                               n_eval=args.n_eval, n_calib=0)
+    options.check_lengths(model, args)
+    windows = data.windows_for(tokenizer, getattr(model, "course_name", args.model),
+                               source=args.source, seq_len=args.seq_len, n_eval=args.n_eval, n_calib=0)
     device = next(model.parameters()).device.type
     with timing.thread_count(args.threads):
         ppl = metrics.perplexity(model, windows.eval)
@@ -94,7 +105,7 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__)
+    parser = options.Parser(prog="python -m course_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="configuration, parameters and FLOPs per token")
     _common(info)
@@ -109,11 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a bad option (one line printed, code 2) or --help (0)
+        return stop.code
     torch.set_num_threads(args.threads)
     try:
-        result = args.run(args)
-    except (models.ModelNotAvailableError, ValueError, RuntimeError) as err:
+        with progress.quiet(args.json):  # --json: stdout and stderr carry no progress bars
+            result = args.run(args)
+    except (models.ModelNotAvailableError, ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     _print(result, args.json)

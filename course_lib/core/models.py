@@ -187,12 +187,19 @@ def all_names() -> list[str]:
 
 def needs_bos(name: str) -> bool:
     """Whether evaluation windows must start with the BOS token (Gemma does)."""
+    config = Path(name).expanduser() / "config.json"
+    if config.is_file():  # a saved model: its config says which family it is
+        import json
+        return "gemma" in json.loads(config.read_text()).get("model_type", "")
     return name in EMBEDDED and EMBEDDED[name].needs_bos or "gemma" in name.lower()
 
 
 def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dtype | None = None,
          attn_implementation: str | None = None):
     """Load ``(model, tokenizer)`` by name, in eval mode, on ``device``.
+
+    ``name`` is a course model, a hub id, or a folder holding a standard checkpoint
+    (``save_pretrained`` / ``io.export_pretrained``).
 
     ``attn_implementation`` is ``"sdpa"`` (default) or ``"eager"``; the tests use
     both, because a wrong head count can hide behind sdpa.
@@ -217,10 +224,28 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
         folder = _embedded_cache(name)
         model = _load_cached(folder, name, kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder)
+    elif Path(name).expanduser().is_dir():
+        model, tokenizer = _load_folder(Path(name).expanduser(), kwargs)
     else:
         model, tokenizer = _load_hub(name, kwargs)
     model.to(device).eval()
     model.course_name = name  # remembered for save/load and the notebooks' printouts
+    return model, tokenizer
+
+
+def _load_folder(folder: Path, kwargs: dict):
+    """A saved model: a standard Hugging Face folder (config.json + weights + tokenizer)."""
+    if not (folder / "config.json").is_file():
+        what = ("a course recipe save (manifest.json): open it with "
+                "course_lib.pruning.io.load_pruned (the command line does)"
+                if (folder / "manifest.json").is_file() else "not a saved model")
+        raise ModelNotAvailableError(f"{folder} has no config.json: it is {what}.")
+    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ModelNotAvailableError(f"{folder} holds no tokenizer ({err}): save it with "
+                                     "tokenizer=... (save_pruned / export_pretrained).") from err
     return model, tokenizer
 
 

@@ -31,7 +31,10 @@ import torch
 from torch import nn
 
 from ..core import arch
+from ..core.progress import bar
 from .masks import achieved_sparsity
+from . import offload
+from .offload import layer_on_device
 from .undo import PruneHandle, restoring_on_error
 
 
@@ -144,7 +147,7 @@ ON_ARRIVAL = ("none", "last", "all")
 def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.Tensor], Any],
          prune_layer: Callable[[int, nn.Module, list[InputGroup]], None], batch_size: int = 8,
          on_arrival: str = "none", return_hidden: bool = False,
-         progress: Callable[[int, int], None] | None = None):
+         progress: Callable[[int, int], None] | None = None, handle: PruneHandle | None = None):
     """Calibrate and prune the decoder one layer at a time.
 
     ``collect(stat, x)`` folds a (tokens, in_features) input batch into a statistic
@@ -166,7 +169,13 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
 
     With ``return_hidden`` the last layer's outputs (one tensor per batch) are
     returned, e.g. to compare with a full forward pass. ``progress(index, n_layers)``
-    is called after each layer.
+    is called after each layer; on a terminal a tqdm bar also shows "layer i of n"
+    (``core.progress``: never in notebooks or in ``--json`` mode).
+
+    An offloaded model (accelerate ``device_map`` with layers on CPU or disk) has
+    each layer brought to its execution device only while it is walked, and its
+    pruned weights written back to the offload store (see ``offload``); ``handle``
+    then records how to restore them from there.
     """
     if on_arrival not in ON_ARRIVAL:
         raise ValueError(f"on_arrival={on_arrival!r}: choose one of {', '.join(map(repr, ON_ARRIVAL))}.")
@@ -179,42 +188,54 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
         batch_size = windows.shape[0]
     hidden, calls = capture_layer_inputs(model, windows, batch_size)
 
+    shown = bar(total=len(layers), desc="calibration walk, layer", unit="layer")
     for index, layer in enumerate(layers):
-        groups = _layer_groups(layer, index, group_names)
-        dense, arriving = groups[:n_dense], groups[n_dense:]
-
-        def run(b, x):
-            return _as_tensor(layer(x, *calls[index][b].args, **calls[index][b].kwargs))
-
-        if dense:
-            # a. calibration pass: statistics of each group's input, on the dense layer
-            def accumulate(group):
-                def hook(_, inputs):
-                    group.stat = collect(group.stat, _flat(inputs[0]))
-                    if group is dense[-1]:
-                        raise _Stop  # the rest of the layer is not needed for statistics
-                return hook
-            with _pre_hooks([g.modules[0] for g in dense], [accumulate(g) for g in dense]):
-                for b, x in enumerate(hidden):
-                    try:
-                        run(b, x)
-                    except _Stop:
-                        pass
-            # b. prune these groups
-            prune_layer(index, layer, dense)
-
-        # c. output pass: the pruned layer's outputs are the next layer's inputs
-        def prune_on_arrival(group):
-            def hook(_, inputs):
-                group.stat = collect(None, _flat(inputs[0]))
-                prune_layer(index, layer, [group])  # before the module (and its siblings) run
-            return hook
-        if index < len(layers) - 1 or return_hidden or arriving:
-            with _pre_hooks([g.modules[0] for g in arriving], [prune_on_arrival(g) for g in arriving]):
-                hidden = [run(b, x) for b, x in enumerate(hidden)]
+        shown.set_description(f"calibration walk, layer {index + 1} of {len(layers)}")
+        with layer_on_device(layer, handle):
+            hidden = _walk_layer(index, layer, hidden, calls, group_names, n_dense, collect,
+                                 prune_layer, last=index == len(layers) - 1 and not return_hidden)
+        shown.update(1)
         if progress is not None:
             progress(index, len(layers))
+    shown.close()
     return hidden if return_hidden else None
+
+
+def _walk_layer(index, layer, hidden, calls, group_names, n_dense, collect, prune_layer, last):
+    """One layer of ``walk``: calibrate, prune, and return the next layer's inputs."""
+    groups = _layer_groups(layer, index, group_names)
+    dense, arriving = groups[:n_dense], groups[n_dense:]
+
+    def run(b, x):
+        return _as_tensor(layer(x, *calls[index][b].args, **calls[index][b].kwargs))
+
+    if dense:
+        # a. calibration pass: statistics of each group's input, on the dense layer
+        def accumulate(group):
+            def hook(_, inputs):
+                group.stat = collect(group.stat, _flat(inputs[0]))
+                if group is dense[-1]:
+                    raise _Stop  # the rest of the layer is not needed for statistics
+            return hook
+        with _pre_hooks([g.modules[0] for g in dense], [accumulate(g) for g in dense]):
+            for b, x in enumerate(hidden):
+                try:
+                    run(b, x)
+                except _Stop:
+                    pass
+        # b. prune these groups
+        prune_layer(index, layer, dense)
+
+    # c. output pass: the pruned layer's outputs are the next layer's inputs
+    def prune_on_arrival(group):
+        def hook(_, inputs):
+            group.stat = collect(None, _flat(inputs[0]))
+            prune_layer(index, layer, [group])  # before the module (and its siblings) run
+        return hook
+    if not last or arriving:
+        with _pre_hooks([g.modules[0] for g in arriving], [prune_on_arrival(g) for g in arriving]):
+            hidden = [run(b, x) for b, x in enumerate(hidden)]
+    return hidden
 
 
 @contextmanager
@@ -262,7 +283,8 @@ def prune_walking(model: nn.Module, handle: PruneHandle, calib_windows: torch.Te
     """
     with restoring_on_error(handle):
         walk(model, calib_windows, collect, prune_layer, batch_size=batch_size,
-             on_arrival=on_arrival, progress=progress)
-        handle.info.update(info, masks=masks,
-                           sparsity=achieved_sparsity(arch.prunable_linears(model).values()))
+             on_arrival=on_arrival, progress=progress, handle=handle)
+        sparsity = (offload.achieved_sparsity(model) if offload.is_offloaded(model)
+                    else achieved_sparsity(arch.prunable_linears(model).values()))
+        handle.info.update(info, masks=masks, sparsity=sparsity)
     return handle

@@ -13,9 +13,22 @@ as a *recipe* instead:
 ``load_pruned`` loads the base model by name, removes the same heads and neurons
 (so every matrix has the saved shape), then loads the saved weights strictly:
 any missing, extra or misshapen tensor is an error, never a silent mismatch.
+
+**Standard checkpoints.** When every layer was cut the same way (the same number
+of heads, KV heads and MLP neurons in every layer -- *which* ones may differ, since
+each layer keeps its own slices), one config describes every layer again, and
+``export_pretrained`` writes a plain Hugging Face checkpoint: ``config.json`` with
+the new ``num_attention_heads`` / ``num_key_value_heads`` / ``intermediate_size``
+(``n_inner`` for GPT-2) and an explicit ``head_dim``, the kept slices as weights,
+the tokenizer beside them. Anyone loads it with ``AutoModelForCausalLM.from_pretrained``,
+no ``course_lib`` needed. ``save_pruned`` writes that form whenever the shapes allow
+(adding the manifest, so ``load_pruned`` still knows the base model), and the recipe
+form otherwise. Get a uniform cut with ``recipes.uniform_heads_request`` /
+``uniform_groups_request`` / ``uniform_neurons_request``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -30,11 +43,13 @@ from torch import nn
 from ..core import arch, metrics, models
 from .heads import kept_heads, remove_heads
 from .mlp import kept_neurons, remove_neurons
+from . import compressed
 from .undo import PruneHandle
 
 FORMAT = "course-pruned-v1"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
+SPARSE_WEIGHTS = "model.sparse-bitmask.safetensors"
 TOKENIZER = "tokenizer"
 
 # config keys that must agree between the saved model and the base reloaded by name
@@ -128,8 +143,17 @@ def _manifest(model: nn.Module, handle_or_manifest) -> dict:
     return manifest
 
 
-def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=None) -> Path:
+def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=None,
+                standard: bool | None = None, compress: bool = False,
+                _manifest_optional: bool = False) -> Path:
     """Write ``folder`` = manifest + safetensors weights (+ tokenizer), atomically.
+
+    ``compress=True`` stores sparse weights in the bitmask layout (``compressed``):
+    fewer bytes for an unstructured sparse model, opened by ``load_pruned`` only;
+    ``manifest["bytes_on_disk"]`` then reports the saved folder's size.
+    ``standard``: None (default) writes a standard Hugging Face checkpoint when the
+    layers were cut uniformly (see ``export_pretrained``) and the recipe form
+    otherwise; True requires the standard form; False always writes the recipe form.
 
     Everything is written into a temporary folder next to ``folder`` and renamed
     into place at the end, so an interrupted save leaves either the previous
@@ -137,20 +161,49 @@ def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=Non
     is replaced only if it is itself a save (holds a manifest).
     """
     folder = Path(folder).expanduser().absolute()
-    if folder.exists() and not (folder / MANIFEST).is_file() and \
+    if folder.exists() and not (folder / MANIFEST).is_file() and not is_standard(folder) and \
             (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"{folder} exists and is not a saved pruned model (no {MANIFEST}); "
                          "choose a new folder, or delete this one yourself.")
-    manifest = _manifest(model, handle_or_manifest)
+    if compress:
+        if standard:
+            raise ValueError("compress=True writes the course's bitmask file, which from_pretrained "
+                             "cannot open: ask for standard=True or compress=True, not both.")
+        standard = False
+    if standard is None:
+        try:
+            uniform_shapes(model)
+            standard = True
+        except ValueError:
+            standard = False
+    elif standard:
+        uniform_shapes(model)
+    optional = _manifest_optional and getattr(model, "course_name", None) is None
+    manifest = None if optional else _manifest(model, handle_or_manifest)
     folder.parent.mkdir(parents=True, exist_ok=True)
     models.remove_stale_staging(folder.parent, f".{folder.name}.saving-*")
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.saving-", dir=folder.parent))
     try:
-        save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})  # tied weights once
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging / TOKENIZER)
-        manifest["tokenizer"] = tokenizer is not None
-        (staging / MANIFEST).write_text(_dump(manifest))  # written last: marks the save complete
+        if standard:
+            _write_standard(model, staging, tokenizer)
+            if manifest is not None:
+                manifest.update(standard=True, weights=WEIGHTS, tokenizer_folder=".")
+        elif compress:
+            from safetensors.torch import save_file
+            state = _unique_state(model)
+            save_file(compressed.compress_state_dict(state), str(staging / SPARSE_WEIGHTS),
+                      metadata={"format": "pt", "compression": compressed.FORMAT})
+            manifest.update(weights=SPARSE_WEIGHTS, compression=compressed.FORMAT)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging / TOKENIZER)
+        else:
+            save_model(model, str(staging / WEIGHTS), metadata={"format": "pt"})  # tied weights once
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging / TOKENIZER)
+        if manifest is not None:
+            manifest["tokenizer"] = tokenizer is not None
+            manifest["bytes_on_disk"] = folder_bytes(staging)  # without the manifest itself
+            (staging / MANIFEST).write_text(_dump(manifest))  # written last: marks the save complete
         if folder.exists():
             # rename(2) cannot replace a non-empty folder: move the old one aside first
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
@@ -166,6 +219,99 @@ def save_pruned(model: nn.Module, folder, handle_or_manifest=None, tokenizer=Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # only left if something failed
     return folder
+
+
+def uniform_shapes(model: nn.Module) -> dict:
+    """The one config a standard checkpoint needs, or a ValueError saying why there is none.
+
+    Returns the per-layer counts ``{"heads", "kv_heads", "head_dim", "mlp_width"}``.
+    """
+    n_layers = len(arch.decoder_layers(model))
+    attn = [arch.attention_shape(model, i) for i in range(n_layers)]
+    widths = [arch.mlp_width(model, i) for i in range(n_layers)]
+    if len(set(attn)) > 1 or len(set(widths)) > 1:
+        raise ValueError(
+            "no standard checkpoint is possible: the layers were cut differently (heads per layer "
+            f"{[a.n_heads for a in attn]}, KV heads {[a.n_kv_heads for a in attn]}, MLP widths "
+            f"{widths}), and transformers builds every layer from one config, so from_pretrained "
+            "cannot rebuild them. Save it with save_pruned (course recipe format, loaded by "
+            "load_pruned), or prune uniformly -- the same count in every layer, e.g. "
+            "recipes.uniform_heads_request / uniform_groups_request / uniform_neurons_request -- "
+            "to get a checkpoint anyone can load.")
+    shape = attn[0]
+    if arch.family(model) == "gpt2" and shape.n_heads != model.config.n_head:
+        raise ValueError(
+            f"no standard checkpoint is possible: GPT-2's attention in transformers ties its width "
+            f"to n_embd ({model.config.n_embd} = n_head x head_dim), so a GPT-2 with "
+            f"{shape.n_heads} of {model.config.n_head} heads cannot be described by its config. "
+            "Save it with save_pruned (recipe format), or prune only MLP neurons (n_inner) "
+            "for a standard GPT-2 checkpoint.")
+    return {"heads": shape.n_heads, "kv_heads": shape.n_kv_heads, "head_dim": shape.head_dim,
+            "mlp_width": widths[0]}
+
+
+def standard_config(model: nn.Module):
+    """A copy of ``model.config`` describing the pruned shapes (raises if layers differ)."""
+    shapes = uniform_shapes(model)
+    config = copy.deepcopy(model.config)
+    if arch.family(model) == "gpt2":
+        config.n_inner = shapes["mlp_width"]
+    else:
+        config.num_attention_heads = shapes["heads"]
+        config.num_key_value_heads = shapes["kv_heads"]
+        config.head_dim = shapes["head_dim"]  # explicit: hidden_size / heads no longer equals it
+        config.intermediate_size = shapes["mlp_width"]
+    return config
+
+
+def _write_standard(model: nn.Module, staging: Path, tokenizer) -> None:
+    config = standard_config(model)
+    saved = model.config
+    quantizer = getattr(model, "hf_quantizer", None)
+    model.config = config  # save_pretrained writes self.config; put the original back after
+    try:
+        if quantizer is not None:  # a GGUF-loaded model: weights are already float tensors
+            model.hf_quantizer = None
+        model.save_pretrained(staging)
+    finally:
+        model.config = saved
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+
+
+def export_pretrained(model: nn.Module, folder, tokenizer=None) -> Path:
+    """Write a plain Hugging Face checkpoint of a uniformly pruned model, atomically.
+
+    ``AutoModelForCausalLM.from_pretrained(folder)`` then gives the same logits in
+    any process. Raises ValueError (saying why, and how to get a uniform cut) when
+    the layers differ. When the model knows its course name, the folder also gets
+    the course manifest, so ``load_pruned`` opens it too.
+    """
+    uniform_shapes(model)  # refuse before touching the disk
+    return save_pruned(model, folder, tokenizer=tokenizer, standard=True, _manifest_optional=True)
+
+
+def is_standard(folder) -> bool:
+    """Whether ``folder`` opens with plain ``from_pretrained`` (has a config.json)."""
+    return (Path(folder) / "config.json").is_file()
+
+
+def folder_bytes(folder) -> int:
+    """Bytes of every file under ``folder``, as stored (measured, not estimated)."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _unique_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with each shared (tied) tensor once, as safetensors' save_model keeps it."""
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        key = tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)
+        if key not in seen:
+            seen.add(key)
+            state[name] = tensor
+    return state
 
 
 def read_manifest(folder) -> dict:
@@ -200,6 +346,8 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
     """``(model, tokenizer)`` from a ``save_pruned`` folder, identical to what was saved."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if manifest.get("standard"):
+        return _load_standard(folder, manifest, device, attn_implementation)
     model, tokenizer = models.load(
         manifest["base_model"], device=device, dtype=getattr(torch, manifest["dtype"]),
         attn_implementation=attn_implementation or manifest.get("attn_implementation"))
@@ -221,8 +369,13 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
                          f"{manifest['mlp_width_per_layer']}: the manifest is damaged.")
     device_now = next(model.parameters()).device
     try:
-        # strict: every tensor must be there with its exact shape
-        load_model(model, str(folder / manifest["weights"]), strict=True, device=str(device_now))
+        if manifest.get("compression") == compressed.FORMAT:
+            from safetensors.torch import load_file
+            state = compressed.decompress_state_dict(load_file(str(folder / manifest["weights"])))
+            _load_unique_state(model, state)
+        else:
+            # strict: every tensor must be there with its exact shape
+            load_model(model, str(folder / manifest["weights"]), strict=True, device=str(device_now))
     except RuntimeError as err:
         raise ValueError(f"{folder}: the saved weights do not fit the rebuilt model ({err}). "
                          "Were the manifest and the weights written by different saves?") from err
@@ -231,3 +384,44 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
     return model, tokenizer
+
+
+def _load_standard(folder: Path, manifest: dict, device, attn_implementation):
+    """A standard checkpoint with its manifest: from_pretrained, strictly, plus the course's records."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .heads import KEPT_HEADS_ATTR
+    from .mlp import KEPT_NEURONS_ATTR
+
+    device = device or models.default_device()
+    model, info = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=getattr(torch, manifest["dtype"]), output_loading_info=True,
+        attn_implementation=attn_implementation or manifest.get("attn_implementation"))
+    problems = {k: v for k, v in info.items() if v and k != "error_msgs" or k == "error_msgs" and v}
+    if problems:
+        raise ValueError(f"{folder}: the saved weights do not fit its config ({problems}).")
+    model.to(device).eval()
+    layers = arch.decoder_layers(model)
+    for i, kept in manifest["kept_heads"].items():  # what remove_heads would have recorded
+        setattr(arch.attention(layers[int(i)]), KEPT_HEADS_ATTR, list(kept))
+    for i, kept in manifest["kept_neurons"].items():
+        setattr(arch.mlp(layers[int(i)]), KEPT_NEURONS_ATTR, list(kept))
+    model.course_name = manifest["base_model"]
+    tokenizer = AutoTokenizer.from_pretrained(folder) if manifest.get("tokenizer") else None
+    if tokenizer is None:
+        tokenizer = models.load(manifest["base_model"], device="cpu")[1]
+    return model, tokenizer
+
+
+def _load_unique_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model`` strictly (tied tensors may appear under one name)."""
+    expected = _unique_state(model)
+    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or extra:
+        raise RuntimeError(f"missing tensors {missing[:5]}, unexpected tensors {extra[:5]}")
+    with torch.no_grad():
+        for name, target in expected.items():
+            if tuple(state[name].shape) != tuple(target.shape):
+                raise RuntimeError(f"{name} has shape {tuple(state[name].shape)}, the model "
+                                   f"expects {tuple(target.shape)}")
+            target.copy_(state[name])

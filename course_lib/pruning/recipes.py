@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..core import arch, metrics
-from .heads import head_importance_weight_norm, least_important_heads, remove_heads
+from .heads import (head_importance_weight_norm, least_important_groups, least_important_heads,
+                    remove_heads)
 from .masks import check_sparsity, magnitude_prune, parse_pattern
 from .mlp import least_important_neurons, neuron_importance_weight_norm, remove_neurons
 from .sparsegpt import sparsegpt_prune
@@ -75,6 +76,40 @@ def neurons_request(model: nn.Module, fraction: float, scores=None) -> dict[int,
     """
     scores = neuron_importance_weight_norm(model) if scores is None else scores
     return least_important_neurons(scores, check_sparsity(fraction))
+
+
+def uniform_heads_request(model: nn.Module, per_group: int, scores=None) -> dict[int, list[int]]:
+    """``per_group`` query heads out of every KV group of every layer (each layer, each
+    group picks its own weakest by ``scores``): the same shapes everywhere, so the
+    result saves as a standard checkpoint (``io.export_pretrained``). Without GQA a
+    "group" is one head's own group: ``per_group`` heads go from each layer."""
+    shape = arch.attention_shape(model, 0)
+    limit = shape.group_size - 1 if shape.group_size > 1 else shape.n_heads - 1
+    if isinstance(per_group, bool) or not isinstance(per_group, int) or not 0 <= per_group <= limit:
+        raise ValueError(f"per_group={per_group!r}: give a whole number in 0..{limit} (every "
+                         f"{'group' if shape.group_size > 1 else 'layer'} keeps a head).")
+    if per_group == 0:
+        return {}
+    scores = head_importance_weight_norm(model) if scores is None else scores
+    count = per_group * shape.n_kv_heads if shape.group_size > 1 else per_group
+    return least_important_heads(scores, count=count, model=model)
+
+
+def uniform_groups_request(model: nn.Module, n_groups: int, scores=None) -> dict[int, list[int]]:
+    """``n_groups`` whole KV groups (a KV head and its query heads) out of every layer,
+    each layer choosing its own weakest: uniform, so it saves as a standard checkpoint."""
+    scores = head_importance_weight_norm(model) if scores is None else scores
+    return least_important_groups(scores, n_groups, model)
+
+
+def uniform_neurons_request(model: nn.Module, fraction: float, scores=None) -> dict[int, list[int]]:
+    """The same number of MLP neurons, round(fraction x width), out of every layer (each
+    layer's weakest by its own scores): uniform, so it saves as a standard checkpoint."""
+    widths = {arch.mlp_width(model, i) for i in range(len(arch.decoder_layers(model)))}
+    if len(widths) > 1:
+        raise ValueError(f"layers have different MLP widths {sorted(widths)} (already pruned?): "
+                         "a uniform cut starts from equal widths.")
+    return neurons_request(model, fraction, scores)
 
 
 def prune_with(model: nn.Module, method: str, sparsity: float, pattern=None,

@@ -29,6 +29,7 @@ class PruneHandle:
         self._tensors: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._attrs: list[tuple[Any, str, Any]] = []
         self._seen: set[tuple] = set()
+        self._undos: list = []  # callables that put back what no tensor copy holds (offloaded weights)
         self.permanent = False
         self.info: dict[str, Any] = {}  # what was pruned (masks, kept indices...), for reports
 
@@ -38,10 +39,28 @@ class PruneHandle:
         "Once" is decided by the memory the tensor covers, not by the Python object:
         ``param.data`` is a new tensor object at every access, but the same memory.
         """
-        key = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+        key = self._key(tensor)
         if key not in self._seen:
             self._seen.add(key)
             self._tensors.append((tensor, tensor.detach().clone()))
+
+    def forget_tensor(self, tensor: torch.Tensor) -> None:
+        """Drop the copy kept of ``tensor`` (its original is kept elsewhere, e.g. on disk)."""
+        # ``param.data`` is a new Python object on every access: match the memory, not the object
+        ptr = tensor.untyped_storage().data_ptr()
+        kept = [(t, o) for t, o in self._tensors if t.untyped_storage().data_ptr() != ptr]
+        for t, _ in self._tensors:
+            if t.untyped_storage().data_ptr() == ptr:
+                self._seen.discard(self._key(t))
+        self._tensors = kept
+
+    @staticmethod
+    def _key(tensor: torch.Tensor) -> tuple:
+        return (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+
+    def on_restore(self, undo) -> None:
+        """Call ``undo()`` on restore (after the tensors and attributes, in reverse order)."""
+        self._undos.append(undo)
 
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
         """``setattr(obj, name, value)``, remembering the old value (or that there was none)."""
@@ -61,6 +80,8 @@ class PruneHandle:
                 setattr(obj, name, old)
         for tensor, original in reversed(self._tensors):
             tensor.copy_(original)
+        for undo in reversed(self._undos):
+            undo()
         self._clear()
 
     def make_permanent(self) -> None:
@@ -72,6 +93,7 @@ class PruneHandle:
         self._tensors.clear()
         self._attrs.clear()
         self._seen.clear()
+        self._undos.clear()
 
     def __repr__(self) -> str:
         return (f"PruneHandle({self.description!r}, tensors={len(self._tensors)}, "

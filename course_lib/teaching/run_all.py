@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.progress import bar
 from . import summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +32,23 @@ def execute(source: Path, target: Path, timeout: int = 900) -> float:
 
     notebook = nbformat.read(source, as_version=4)
     started = time.perf_counter()
-    NotebookClient(notebook, kernel_name="python3", timeout=timeout,
-                   resources={"metadata": {"path": str(source.parent)}}).execute()
+    code = sum(cell.cell_type == "code" for cell in notebook.cells)
+    shown = bar(total=code, desc=f"{source.name}: cell", unit="cell")
+
+    class Client(NotebookClient):  # one tick per code cell: which notebook, which cell of how many
+        async def async_execute_cell(self, cell, cell_index, *args, **kwargs):
+            if cell.cell_type == "code":
+                shown.set_description(f"{source.name}: cell {shown.n + 1} of {code}")
+            result = await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            if cell.cell_type == "code":
+                shown.update(1)
+            return result
+
+    try:
+        Client(notebook, kernel_name="python3", timeout=timeout,
+               resources={"metadata": {"path": str(source.parent)}}).execute()
+    finally:
+        shown.close()
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(notebook, target)
     return time.perf_counter() - started

@@ -1,0 +1,152 @@
+"""Pruning a model that does not fit in memory: one decoder layer on the device at a time.
+
+accelerate loads a model with ``device_map`` so that some modules live "offloaded":
+their parameters are ``meta`` placeholders, the real values sit in a *weights map*
+(CPU memory, or files on disk: the checkpoint's own safetensors, or ``.dat`` files
+in an offload folder), and a hook on each module copies them to the execution
+device just before its forward and drops them just after. A forward pass then
+never holds more than one module's weights.
+
+The calibration walk (``calibrate.walk``) already works one decoder layer at a
+time, so it only needs the layer it is calibrating to stay *materialized* while
+it collects statistics, edits weights and runs the pruned layer. ``layer_on_device``
+does that:
+
+1. for every offloaded module of the layer, load its weights from the weights map
+   onto the execution device and tell its hook not to drop them (``offload=False``);
+2. run the body (statistics, pruning, the output pass);
+3. write the (pruned) weights back to the store -- a new ``.dat`` file in the
+   offload folder, or the CPU weights map -- point the map at them, turn the
+   parameters back into ``meta`` and the hook back on.
+
+Undo stays exact without keeping the originals in memory: the prune handle
+remembers where each weight's original lives (the map entry pointing at the
+checkpoint file, or a backup copy of an overwritten ``.dat``) and puts that back.
+Peak memory is then one layer's weights, its calibration activations, and
+whatever was never offloaded (embeddings, head), instead of the whole model.
+"""
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .undo import PruneHandle
+
+
+def _offloaded(layer: nn.Module) -> list[tuple[nn.Module, object]]:
+    """(module, accelerate hook) for every module of ``layer`` whose weights are offloaded."""
+    found = []
+    for module in layer.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", [hook]):  # SequentialHook holds several
+            if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None:
+                found.append((module, h))
+    return found
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """Whether some weights of ``model`` live outside it (accelerate offloading)."""
+    return bool(_offloaded(model))
+
+
+def _store(weights_map, name: str, value: torch.Tensor, handle: PruneHandle | None) -> None:
+    """Write ``value`` where the map reads ``name`` from; remember how to put the original back."""
+    from accelerate.utils import offload_weight
+    from accelerate.utils.offload import OffloadedWeightsLoader, PrefixedDataset
+
+    dataset, key = weights_map, name
+    if isinstance(weights_map, PrefixedDataset):
+        dataset, key = weights_map.dataset, weights_map.prefix + name
+    value = value.detach().to("cpu").contiguous()
+    if isinstance(dataset, OffloadedWeightsLoader) and key not in dataset.state_dict:
+        folder = Path(dataset.save_folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        old_info = dict(dataset.index[key])
+        dat = folder / f"{key}.dat"
+        backup = None
+        if "safetensors_file" not in old_info and dat.exists():  # an earlier .dat: keep a copy
+            backup = folder / f"{key}.dat.undo-{len(list(folder.glob(f'{key}.dat.undo-*')))}"
+            shutil.copyfile(dat, backup)
+        offload_weight(value, key, str(folder), index=dataset.index)  # writes key.dat, updates index
+        if handle is not None:
+            def undo(index=dataset.index, key=key, old_info=old_info, backup=backup, dat=dat):
+                if backup is not None:
+                    shutil.copyfile(backup, dat)
+                index[key] = old_info
+            handle.on_restore(undo)
+        return
+    mapping = dataset.state_dict if isinstance(dataset, OffloadedWeightsLoader) else dataset
+    old = mapping[key]
+    mapping[key] = value
+    if handle is not None:
+        handle.on_restore(lambda mapping=mapping, key=key, old=old: mapping.__setitem__(key, old))
+
+
+@contextmanager
+def layer_on_device(layer: nn.Module, handle: PruneHandle | None = None, write_back: bool = True):
+    """Keep an offloaded ``layer``'s weights on its execution device for the block, then
+    write them back to their store (no-op for a layer that is not offloaded).
+    ``write_back=False``: only read them (the store is left as it was)."""
+    from accelerate.utils import set_module_tensor_to_device
+
+    entries = _offloaded(layer)
+    for module, hook in entries:
+        for name, _ in module.named_parameters(recurse=False):
+            set_module_tensor_to_device(module, name, hook.execution_device,
+                                        value=hook.weights_map[name])
+        hook.offload = False  # the hook now leaves the weights where they are
+    try:
+        yield
+    finally:
+        for module, hook in entries:
+            for name, param in module.named_parameters(recurse=False):
+                if write_back:
+                    _store(hook.weights_map, name, param.data, handle)
+                if handle is not None:
+                    handle.forget_tensor(param.data)  # its original is in the store
+                set_module_tensor_to_device(module, name, "meta")
+            hook.offload = True
+
+
+def achieved_sparsity(model: nn.Module) -> float:
+    """Zeros among the decoder's prunable weights, reading offloaded layers from their store."""
+    from ..core import arch
+
+    zeros = total = 0
+    for layer in arch.decoder_layers(model):
+        with layer_on_device(layer, write_back=False):
+            for module in layer.modules():
+                if arch.is_linear(module):
+                    zeros += int((module.weight == 0).sum())
+                    total += module.weight.numel()
+    return zeros / total
+
+
+def decoder_device_map(model_or_config, where: str = "disk", device: str = "cpu") -> dict[str, str]:
+    """A ``device_map`` keeping everything on ``device`` except the decoder layers (``where``)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if config.model_type == "gpt2":
+        rest = ["transformer.wte", "transformer.wpe", "transformer.drop", "transformer.ln_f", "lm_head"]
+        return {**{name: device for name in rest}, "transformer.h": where}
+    rest = ["model.embed_tokens", "model.norm", "model.rotary_emb", "lm_head"]
+    return {**{name: device for name in rest}, "model.layers": where}
+
+
+def load_offloaded(folder, offload_folder, device: str = "cpu", dtype=torch.float32):
+    """``(model, tokenizer)`` from a saved checkpoint with the decoder layers left on disk.
+
+    Each layer is read from ``folder``'s safetensors when a forward (or the
+    calibration walk) needs it; pruned layers are written to ``offload_folder``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, device_map=decoder_device_map(config, "disk", device),
+        offload_folder=str(offload_folder))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(folder)
