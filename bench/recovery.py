@@ -53,7 +53,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", default=None, help="run configurations whose name contains this")
     parser.add_argument("--out", default="bench")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="combine the recovery.json of runs made with --only into OUT")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     torch.manual_seed(0)
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -108,6 +112,22 @@ def main() -> None:
     print(markdown(meta, rows))
 
 
+def merge(folders, out: Path) -> None:
+    """One table from several partial runs (e.g. one configuration per process, run in parallel)."""
+    parts = [json.loads((Path(f) / "recovery.json").read_text()) for f in folders]
+    order = ["MLP neurons 25%", "MLP neurons 50%", "one KV group", "20% of layers"]
+    rows = [row for part in parts for row in part["rows"]]
+    rows.sort(key=lambda r: next((i for i, c in enumerate(order) if r["config"].startswith(c)), 99))
+    meta = dict(parts[0]["meta"])
+    meta["load_start"] = max(p["meta"]["load_start"] for p in parts)
+    meta["load_end"] = max(p["meta"]["load_end"] for p in parts)
+    meta["wall_seconds"] = max(p["meta"]["wall_seconds"] for p in parts)
+    meta["parallel_runs"] = len(parts)
+    (out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "recovery.md").write_text(markdown(meta, rows))
+    print(markdown(meta, rows))
+
+
 def markdown(meta, rows) -> str:
     d = meta["dense"]
 
@@ -129,7 +149,8 @@ def markdown(meta, rows) -> str:
         "(`speed.measure_speedup`); ideal = FLOPs ratio.",
         f"- Machine: {meta['machine']}, 2 torch threads, torch {meta['torch']}; **shared with other "
         f"jobs** (load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end): "
-        f"times are noisy. Wall time {meta['wall_seconds']:.0f} s.",
+        f"times are noisy. Wall time {meta['wall_seconds']:.0f} s"
+        + (f" ({meta['parallel_runs']} configurations run in parallel processes)." if meta.get("parallel_runs") else "."),
         "",
         "| pruned | after pruning | after refit | after distillation | refit s | distil s "
         "| within 10% of dense (eval) | speedup measured | ideal |",

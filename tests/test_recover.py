@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from course_lib.core import arch, models
+from course_lib.core import models
 from course_lib.pruning import heads as H
 from course_lib.pruning import mlp as M
 from course_lib.pruning import recipes
