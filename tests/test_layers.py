@@ -151,6 +151,7 @@ def test_saved_model_loads_with_plain_from_pretrained(name, tmp_path):
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.embedded
 def test_depth_pruned_smollm2_reloads_in_a_fresh_process(smollm2, smollm2_windows, tmp_path):
     import copy
     model = copy.deepcopy(smollm2[0])
