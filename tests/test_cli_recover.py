@@ -45,7 +45,15 @@ def test_recover_reports_each_stage(capsys, method, recover):
         assert math.isfinite(result[key]) and result[key] >= 0
     assert result["recover"] == recover
     assert result["recover_steps"] == (3 if recover == "distil" else 0)
-    assert result["perplexity_after"] != result["perplexity_pruned"]  # the recovery changed the model
+    if recover == "distil":
+        assert result["perplexity_after"] != result["perplexity_pruned"]  # training changed the model
+    if method != "layers":  # refit (kept only where the kept-out windows agree), also before distil
+        kept, total = map(int, result["refit_projections"].split("/"))
+        assert total == 2 and 0 <= kept <= total
+        if recover == "refit" and kept == 0:
+            assert result["perplexity_after"] == result["perplexity_pruned"]
+    else:
+        assert result["refit_projections"] is None
 
 
 @pytest.mark.parametrize("args, message", [

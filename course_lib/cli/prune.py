@@ -47,8 +47,9 @@ def cmd_prune(args) -> dict:
     prune_seconds = time.perf_counter() - started
     ppl_pruned = metrics.perplexity(pruned, windows.eval)
     started = time.perf_counter()
-    recover_with(pruned, model, recover, windows.calib if n_calib else None, steps=args.steps,
-                 quiet=not getattr(args, "progress", False))
+    handles = recover_with(pruned, model, recover, windows.calib if n_calib else None,
+                           steps=args.steps, quiet=not getattr(args, "progress", False))
+    refit_errors = next((h.info["errors"] for h in handles if h.info.get("kind") == "refit"), None)
     recover_seconds = time.perf_counter() - started
     ppl_after = ppl_pruned if recover == "none" else metrics.perplexity(pruned, windows.eval)
     comparison = speed.measure_speedup(model, pruned, method, tokens=args.latency_tokens,
@@ -69,6 +70,8 @@ def cmd_prune(args) -> dict:
         "perplexity_after": round(ppl_after, 3),
         "recover": recover,
         "recover_steps": args.steps if recover == "distil" else 0,
+        "refit_projections": None if refit_errors is None else
+        f"{sum(e['refit'] for e in refit_errors.values())}/{len(refit_errors)}",
         "prune_seconds": round(prune_seconds, 2),
         "recover_seconds": round(recover_seconds, 2),
         "latency_ratio": round(comparison.latency_ratio, 3),
