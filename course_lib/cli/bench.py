@@ -271,7 +271,8 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         "bench_seconds": time.perf_counter() - started,
         "section_seconds": seconds,
     }
-    (out / "results.md").write_text(to_markdown(result) + _kept_sections(out / "results.md"))
+    (out / "results.md").write_text(to_markdown(result) + _recovery_section(out)
+                                     + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     result["files"] = [str(out / "results.md"), str(out / "results.png"), str(out / "results.json")]
@@ -293,7 +294,8 @@ def render(out: str | Path = "bench") -> Path:
     """Rewrite OUT/results.md and OUT/results.png from OUT/results.json (no re-measuring)."""
     out = Path(out)
     result = json.loads((out / "results.json").read_text())
-    (out / "results.md").write_text(to_markdown(result) + _kept_sections(out / "results.md"))
+    (out / "results.md").write_text(to_markdown(result) + _recovery_section(out)
+                                     + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     return out / "results.md"
 
@@ -329,6 +331,12 @@ def _pct(x) -> str:
 
 def _f(x, digits=2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _recovery_section(out: Path) -> str:
+    """The recovery table measured by bench/recovery.py (OUT/recovery.md), kept in results.md."""
+    path = Path(out) / "recovery.md"
+    return "\n" + path.read_text() if path.is_file() else ""
 
 
 def to_markdown(r: dict) -> str:

@@ -4,10 +4,13 @@
     python -m course_lib prune smollm2-135m --method sparsegpt --pattern 2:4
     python -m course_lib prune smollm2-135m --method mlp --sparsity 0.5
     python -m course_lib prune smollm2-135m --method mlp --sparsity 0.25 --save pruned/
+    python -m course_lib prune smollm2-135m --method layers --sparsity 0.2 --recover distil --steps 20
 
 It prints perplexity before/after (course protocol windows), the prune's wall
 time and the pruned/dense prefill latency ratio, measured side by side in the
-same run, next to its ideal (FLOPs) ratio.
+same run, next to its ideal (FLOPs) ratio. ``--recover refit|distil`` (structured
+methods) then repairs the pruned model against the dense one and reports the
+perplexity after recovery and its seconds.
 """
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ import time
 from ..core import data, metrics, models
 from ..pruning import io
 from ..pruning.masks import check_sparsity
-from ..pruning.recipes import CALIBRATED, METHODS, achieved, check_method, prune_with
+from ..pruning.recipes import CALIBRATED, METHODS, STRUCTURED, achieved, check_method, prune_with
+from ..recover.recipes import DEFAULT_STEPS, RECOVERY, check_recovery, recover_with
 from ..runtime import speed
 from . import options
 
@@ -27,9 +31,17 @@ def cmd_prune(args) -> dict:
     sparsity = check_sparsity(args.sparsity)
     if pattern is not None:
         sparsity = 1 - pattern[0] / pattern[1]
+    recover = check_recovery(args.recover, args.steps)
+    if recover != "none" and method not in STRUCTURED:
+        raise ValueError(f"--recover {recover} repairs a structured prune ({', '.join(STRUCTURED)}); "
+                         f"method {method!r} zeroes single weights. Use --recover none.")
+    if recover == "refit" and method == "layers":
+        raise ValueError("--recover refit repairs layers whose neurons or heads were removed; "
+                         "--method layers removes whole layers, so there is nothing to refit. "
+                         "Use --recover distil.")
     model, tokenizer = models.load(args.model, device=args.device)
     options.check_lengths(model, args)
-    n_calib = args.n_calib if method in CALIBRATED else 0
+    n_calib = args.n_calib if method in CALIBRATED or recover != "none" else 0
     windows = data.windows_for(tokenizer, args.model, source=args.source, seq_len=args.seq_len,
                                n_eval=args.n_eval, n_calib=n_calib)
     ppl_before = metrics.perplexity(model, windows.eval)
@@ -37,8 +49,14 @@ def cmd_prune(args) -> dict:
     started = time.perf_counter()
     handle = prune_with(pruned, method, sparsity, pattern, windows.calib if n_calib else None)
     prune_seconds = time.perf_counter() - started
+    ppl_pruned = metrics.perplexity(pruned, windows.eval)
+    started = time.perf_counter()
+    handles = recover_with(pruned, model, recover, windows.calib if n_calib else None,
+                           steps=args.steps, quiet=not getattr(args, "progress", False))
+    refit_errors = next((h.info["errors"] for h in handles if h.info.get("kind") == "refit"), None)
+    recover_seconds = time.perf_counter() - started
+    ppl_after = ppl_pruned if recover == "none" else metrics.perplexity(pruned, windows.eval)
     saved = _save(args, pruned, handle, tokenizer)
-    ppl_after = metrics.perplexity(pruned, windows.eval)
     comparison = speed.measure_speedup(model, pruned, method, tokens=args.latency_tokens,
                                        runs=args.runs, threads=args.threads)
     params_before = metrics.count_parameters(model)["total"]
@@ -49,12 +67,20 @@ def cmd_prune(args) -> dict:
         "pattern": f"{pattern[0]}:{pattern[1]}" if pattern else None,
         "sparsity_requested": round(sparsity, 4),
         "sparsity_achieved": round(achieved(model, pruned, method), 4),
-        "sparsity_unit": {"heads": "heads removed", "mlp": "MLP neurons removed"}.get(
+        "sparsity_unit": {"heads": "heads removed", "mlp": "MLP neurons removed",
+                          "layers": "decoder layers removed"}.get(
             method, "zeros among decoder weights"),
         "perplexity_before": round(ppl_before, 3),
+        "perplexity_pruned": round(ppl_pruned, 3),
         "perplexity_after": round(ppl_after, 3),
+        "recover": recover,
+        "recover_steps": args.steps if recover == "distil" else 0,
+        "refit_projections": None if refit_errors is None else
+        f"{sum(e['refit'] for e in refit_errors.values())}/{len(refit_errors)}",
         "prune_seconds": round(prune_seconds, 2),
+        "recover_seconds": round(recover_seconds, 2),
         "latency_ratio": round(comparison.latency_ratio, 3),
+        "ideal_ratio": round(comparison.ideal_latency_ratio, 3),
         "ideal_latency_ratio": round(comparison.ideal_latency_ratio, 3),
         "measured_over_ideal_speedup": round(comparison.efficiency, 3),
         "latency_workload": f"prefill 1x{args.latency_tokens}, {args.runs} runs, side by side",
@@ -94,4 +120,9 @@ def register(sub, common, eval_args) -> None:
                             "was cut alike; eval/info DIR open it)")
     prune.add_argument("--compress", action="store_true",
                        help="with --save: sparse weights in the bitmask layout (fewer bytes)")
+    prune.add_argument("--recover", default="none", choices=RECOVERY,
+                       help="after a structured prune: refit (closed-form repair of the output "
+                            "projections) or distil (refit, then KL distillation from the dense model)")
+    prune.add_argument("--steps", type=options.int_in(0, 100_000), default=DEFAULT_STEPS,
+                       help=f"distillation steps for --recover distil (default {DEFAULT_STEPS})")
     prune.set_defaults(run=cmd_prune)

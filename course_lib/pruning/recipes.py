@@ -11,6 +11,7 @@ from torch import nn
 from ..core import arch, metrics
 from .heads import (head_importance_weight_norm, least_important_groups, least_important_heads,
                     remove_heads)
+from .layers import layers_request, remove_layers
 from .masks import check_sparsity, magnitude_prune, parse_pattern
 from .mlp import least_important_neurons, neuron_importance_weight_norm, remove_neurons
 from .sparsegpt import sparsegpt_prune
@@ -18,20 +19,20 @@ from .undo import PruneHandle
 from .wanda import wanda_prune
 
 UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
-STRUCTURED = ("heads", "mlp")
+STRUCTURED = ("heads", "mlp", "layers")
 METHODS = UNSTRUCTURED + STRUCTURED
-CALIBRATED = ("wanda", "sparsegpt")
+CALIBRATED = ("wanda", "sparsegpt", "layers")
 
 
 def check_method(method: str, pattern=None) -> tuple[str, tuple[int, int] | None]:
     """Validate a method name and its pattern (N:M only for the unstructured methods)."""
     if method not in METHODS:
         raise ValueError(f"--method {method!r} is not known: choose one of {', '.join(METHODS)} "
-                         "(weights: magnitude/wanda/sparsegpt; structures: heads/mlp).")
+                         "(weights: magnitude/wanda/sparsegpt; structures: heads/mlp/layers).")
     pattern = parse_pattern(pattern)
     if pattern is not None and method in STRUCTURED:
         raise ValueError(f"--pattern {pattern[0]}:{pattern[1]} applies to single weights; method "
-                         f"{method!r} removes whole {'heads' if method == 'heads' else 'neurons'}. "
+                         f"{method!r} removes whole {dict(heads='heads', mlp='neurons').get(method, 'layers')}. "
                          "Drop --pattern, or use magnitude/wanda/sparsegpt.")
     return method, pattern
 
@@ -116,7 +117,8 @@ def prune_with(model: nn.Module, method: str, sparsity: float, pattern=None,
                calib: torch.Tensor | None = None) -> PruneHandle:
     """Prune ``model`` in place with one of ``METHODS``; returns the undo handle.
 
-    heads/mlp: ``sparsity`` is the fraction of heads/neurons removed per layer.
+    heads/mlp: ``sparsity`` is the fraction of heads/neurons removed per layer;
+    layers: the fraction of decoder layers removed.
     """
     method, pattern = check_method(method, pattern)
     if method in CALIBRATED and calib is None:
@@ -129,12 +131,16 @@ def prune_with(model: nn.Module, method: str, sparsity: float, pattern=None,
         return sparsegpt_prune(model, calib, sparsity, pattern=pattern, keep_masks=False)
     if method == "heads":
         return remove_heads(model, heads_request(model, sparsity))
+    if method == "layers":  # fraction of the decoder layers, least block influence first
+        return remove_layers(model, layers_request(model, check_sparsity(sparsity), calib))
     return remove_neurons(model, neurons_request(model, sparsity))
 
 
 def structure_count(model: nn.Module, method: str) -> int:
-    """Total heads (method 'heads') or MLP neurons ('mlp') over all layers."""
+    """Total heads (method 'heads') or MLP neurons ('mlp') over all layers; or the layers ('layers')."""
     layers = range(len(arch.decoder_layers(model)))
+    if method == "layers":
+        return len(layers)
     if method == "heads":
         return sum(arch.attention_shape(model, i).n_heads for i in layers)
     return sum(arch.mlp_width(model, i) for i in layers)

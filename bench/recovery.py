@@ -1,0 +1,170 @@
+"""Recovery benchmark: prune SmolLM2 four ways, then refit and distil; perplexity, time, speedup.
+
+    PYTHONPATH=. python bench/recovery.py [--steps 20] [--out bench]
+
+Writes bench/recovery.json and bench/recovery.md (the section of bench/results.md).
+Everything runs on the CPU; one row takes a few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from course_lib.core import data, metrics, models
+from course_lib.pruning import heads as H
+from course_lib.pruning import layers as Lyr
+from course_lib.pruning import mlp as M
+from course_lib.pruning import recipes
+from course_lib.recover import distil as D
+from course_lib.recover import repair as R
+from course_lib.runtime import speed
+
+
+def configurations(model, calib):
+    """name -> a function that prunes a model in place (scores computed on the dense model)."""
+    act = M.neuron_importance_activation(model, calib[:8])
+    head_scores = H.head_importance_contribution(model, calib[:8])
+    bi = Lyr.block_influence(model, calib[:8])
+    return {
+        "MLP neurons 25% (activation score)":
+            lambda m: M.remove_neurons(m, recipes.neurons_request(m, 0.25, act)),
+        "MLP neurons 50% (activation score)":
+            lambda m: M.remove_neurons(m, recipes.neurons_request(m, 0.50, act)),
+        "one KV group per layer (1 of 3, contribution score)":
+            lambda m: H.remove_heads(m, H.least_important_groups(head_scores, 1, m)),
+        "20% of layers (6 of 30, block influence)":
+            lambda m: Lyr.remove_layers(m, Lyr.least_important_layers(bi, Lyr.layers_for_fraction(m, 0.2))),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--n-eval", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", default=None, help="run configurations whose name contains this")
+    parser.add_argument("--out", default="bench")
+    parser.add_argument("--merge", nargs="+", default=None,
+                        help="combine the recovery.json of runs made with --only into OUT")
+    args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, Path(args.out))
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    dense, tok = models.load("smollm2-135m")
+    win = data.windows_for(tok, "smollm2-135m", seq_len=256, n_eval=args.n_eval, n_calib=32)
+    held = data.windows_for(tok, "smollm2-135m", source="python-source", seq_len=256, n_eval=4,
+                            n_calib=0).eval
+
+    def ppl(m):
+        return metrics.perplexity(m, win.eval), metrics.perplexity(m, held)
+
+    dense_ppl = ppl(dense)
+    print(f"dense: eval {dense_ppl[0]:.2f}  held-out {dense_ppl[1]:.2f}", flush=True)
+    rows = []
+    for name, prune in configurations(dense, win.calib).items():
+        if args.only and args.only not in name:
+            continue
+        model = copy.deepcopy(dense)
+        t0 = time.perf_counter()
+        prune(model).make_permanent()
+        prune_s = time.perf_counter() - t0
+        row = {"config": name, "prune_seconds": prune_s, "pruned": ppl(model)}
+        if R.changed_projections(model, dense) if len(Lyr.kept_layers(model)) == 30 else False:
+            t0 = time.perf_counter()
+            handle = R.refit(model, dense, win.calib)
+            row["refit_seconds"] = time.perf_counter() - t0
+            row["refit"] = ppl(model)
+            errs = handle.info["errors"]
+            row["refit_kept"] = f"{sum(e['refit'] for e in errs.values())}/{len(errs)}"
+        t0 = time.perf_counter()
+        _, report = D.distil(model, dense, win.calib, steps=args.steps, lr=args.lr,
+                             batch_size=args.batch_size, quiet=True)
+        row["distil_seconds"] = time.perf_counter() - t0
+        row["distil"] = ppl(model)
+        cmp = speed.measure_speedup(dense, model, "pruned", tokens=128, runs=args.runs)
+        row["prefill_speedup"] = cmp.prefill_speedup
+        row["ideal_speedup"] = cmp.ideal_speedup
+        m = cmp.measurements
+        row["speedup_range"] = [m["prefill dense"].median_ms / m["prefill pruned"].median_ms]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del model
+    meta = {"dense": dense_ppl, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+            "seq_len": 256, "n_eval": args.n_eval, "heldout": "python-source 4 x 256",
+            "load_start": load_start, "load_end": os.getloadavg()[0],
+            "wall_seconds": time.perf_counter() - started, "torch": torch.__version__,
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
+    out = Path(args.out)
+    (out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "recovery.md").write_text(markdown(meta, rows))
+    print(markdown(meta, rows))
+
+
+def merge(folders, out: Path) -> None:
+    """One table from several partial runs (e.g. one configuration per process, run in parallel)."""
+    parts = [json.loads((Path(f) / "recovery.json").read_text()) for f in folders]
+    order = ["MLP neurons 25%", "MLP neurons 50%", "one KV group", "20% of layers"]
+    rows = [row for part in parts for row in part["rows"]]
+    rows.sort(key=lambda r: next((i for i, c in enumerate(order) if r["config"].startswith(c)), 99))
+    meta = dict(parts[0]["meta"])
+    meta["load_start"] = max(p["meta"]["load_start"] for p in parts)
+    meta["load_end"] = max(p["meta"]["load_end"] for p in parts)
+    meta["wall_seconds"] = max(p["meta"]["wall_seconds"] for p in parts)
+    meta["parallel_runs"] = len(parts)
+    (out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (out / "recovery.md").write_text(markdown(meta, rows))
+    print(markdown(meta, rows))
+
+
+def markdown(meta, rows) -> str:
+    d = meta["dense"]
+
+    def cell(pair):
+        return f"{pair[0]:.2f} / {pair[1]:.2f}" if pair else "n/a"
+
+    lines = [
+        "## Recovery: prune, then refit and distil (smollm2-135m)",
+        "",
+        f"- Perplexity as `eval / held-out`: eval = {meta['n_eval']} x 256 windows from the middle of the "
+        f"pydoc text (course protocol), held-out = {meta['heldout']} (another kind of text, never "
+        f"trained on). Dense: **{d[0]:.2f} / {d[1]:.2f}**.",
+        "- Refit: closed-form ridge least squares of each changed output projection "
+        "(`recover.repair.refit`, damp 0.01) on 32 x 256 calibration windows (start of the pydoc text).",
+        f"- Distillation: KL(dense || pruned), AdamW lr {meta['lr']}, {meta['steps']} steps of "
+        f"{meta['batch_size']} x 256 calibration tokens, embeddings frozen (`recover.distil.distil`), "
+        "after the refit where there is one.",
+        "- Speedup: prefill 1 x 128, dense and pruned interleaved in one run, median of 5 "
+        "(`speed.measure_speedup`); ideal = FLOPs ratio.",
+        f"- Machine: {meta['machine']}, 2 torch threads, torch {meta['torch']}; **shared with other "
+        f"jobs** (load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end): "
+        f"times are noisy. Wall time {meta['wall_seconds']:.0f} s"
+        + (f" ({meta['parallel_runs']} configurations run in parallel processes)." if meta.get("parallel_runs") else "."),
+        "",
+        "| pruned | after pruning | after refit | after distillation | refit s | distil s "
+        "| within 10% of dense (eval) | speedup measured | ideal |",
+        "|---|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        final = r["distil"]
+        lines.append(
+            f"| {r['config']} | {cell(r['pruned'])} | {cell(r.get('refit'))} | {cell(final)} | "
+            f"{r.get('refit_seconds', float('nan')):.1f} | {r['distil_seconds']:.0f} | "
+            f"{'yes' if final[0] <= 1.1 * d[0] else 'no'} ({final[0] / d[0]:.2f}x) | "
+            f"{r['prefill_speedup']:.2f}x | {r['ideal_speedup']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

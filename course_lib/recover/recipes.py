@@ -1,0 +1,56 @@
+"""One recovery name -> what runs: shared by the command line, the benchmark and the lessons.
+
+- ``none``: nothing;
+- ``refit``: the closed-form least-squares refit of the output projections
+  (``repair.refit``), for removed neurons or heads;
+- ``distil``: ``steps`` of KL distillation from the dense model (``distil.distil``);
+  after a refit when the shapes allow it (``refit+distil`` in the reports).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..core import arch
+from ..pruning.undo import PruneHandle
+from . import distil as D
+from . import repair as R
+
+RECOVERY = ("none", "refit", "distil")
+DEFAULT_STEPS = 20
+
+
+def check_recovery(recover: str, steps: int = DEFAULT_STEPS) -> str:
+    if recover not in RECOVERY:
+        raise ValueError(f"--recover {recover!r} is not known: choose one of {', '.join(RECOVERY)} "
+                         "(refit: closed-form repair of the output projections, seconds; distil: "
+                         "refit, then KL distillation from the dense model for --steps steps).")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"--steps {steps!r}: give a whole number of distillation steps >= 0.")
+    return recover
+
+
+def can_refit(pruned: nn.Module, dense: nn.Module) -> bool:
+    """Whether layer i of the pruned model is still layer i of the dense one (no layer removed)."""
+    return len(arch.decoder_layers(pruned)) == len(arch.decoder_layers(dense))
+
+
+def recover_with(pruned: nn.Module, dense: nn.Module, recover: str, calib: torch.Tensor,
+                 steps: int = DEFAULT_STEPS, quiet: bool = True, **distil_kwargs) -> list[PruneHandle]:
+    """Run a recovery in place; returns its undo handles (restore them in reverse order)."""
+    check_recovery(recover, steps)
+    if recover == "none":
+        return []
+    if calib is None or len(calib) == 0:
+        raise ValueError(f"--recover {recover} needs calibration windows (n_calib > 0).")
+    if recover == "refit" and not can_refit(pruned, dense):
+        raise ValueError("--recover refit repairs layers whose neurons or heads were removed; whole "
+                         "layers were removed here, so there is no layer left to refit. Use "
+                         "--recover distil.")
+    handles = []
+    if can_refit(pruned, dense) and R.changed_projections(pruned, dense):
+        handles.append(R.refit(pruned, dense, calib))
+    if recover == "distil":
+        handle, _ = D.distil(pruned, dense, calib, steps=steps, quiet=quiet, **distil_kwargs)
+        handles.append(handle)
+    return handles

@@ -1,0 +1,165 @@
+"""Recovery: the closed-form refit never worsens calibration error and matches lstsq; distillation
+lowers the KL, trains in place and undoes exactly."""
+import copy
+
+import pytest
+import torch
+
+from course_lib.core import models
+from course_lib.pruning import heads as H
+from course_lib.pruning import mlp as M
+from course_lib.pruning import recipes
+from course_lib.recover import distil as D
+from course_lib.recover import repair as R
+
+TINY = list(models.TINY)
+
+
+def windows(n, seed, length=32):
+    # byte text with structure (repeated words), so hidden units are correlated as in real text
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(97, 123, (40, 5), generator=g)
+    rows = []
+    for _ in range(n):
+        pick = torch.randint(0, 40, (length // 6 + 1,), generator=g)
+        row = torch.cat([torch.cat([words[i], torch.tensor([32])]) for i in pick])[:length]
+        rows.append(row)
+    return torch.stack(rows)
+
+
+CALIB, HELD = windows(8, 0), windows(8, 1)
+
+
+def logits(model, ids=HELD):
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def pruned_pair(name, kind, fraction=0.5):
+    dense, _ = models.load(name)
+    pruned = copy.deepcopy(dense)
+    if kind == "mlp":
+        M.remove_neurons(pruned, recipes.neurons_request(pruned, fraction)).make_permanent()
+    else:
+        H.remove_heads(pruned, recipes.heads_request(pruned, fraction)).make_permanent()
+    return dense, pruned
+
+
+@pytest.mark.parametrize("damp", [0.01, 1e4])  # a huge ridge shrinks W' towards 0: worse, so not kept
+@pytest.mark.parametrize("kind", ["mlp", "heads"])
+@pytest.mark.parametrize("name", TINY)
+def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
+    dense, pruned = pruned_pair(name, kind)
+    before_logits = logits(pruned)
+    names = R.changed_projections(pruned, dense)
+    assert names and all(n.endswith("mlp" if kind == "mlp" else "attn") for n in names)
+    before = R.reconstruction_errors(pruned, dense, CALIB)
+    handle = R.refit(pruned, dense, CALIB, damp=damp)
+    after = R.reconstruction_errors(pruned, dense, CALIB)
+    for n in names:
+        assert after[n] <= before[n] + 1e-9 * max(1.0, before[n])
+    assert handle.info["fit_windows"] == 6 and handle.info["check_windows"] == 2
+    for row in handle.info["errors"].values():  # kept only where the kept-out windows agree
+        assert not row["refit"] or row["check_after"] < row["check_before"]
+    if damp < 1:
+        assert sum(after.values()) < sum(before.values())  # it did something
+    handle.restore()
+    assert torch.equal(logits(pruned), before_logits)
+
+
+def test_refit_equals_lstsq_on_captured_activations():
+    dense, pruned = pruned_pair("tiny-llama", "mlp")
+    name = R.changed_projections(pruned, dense)[0]
+    layer = int(name.split(".")[1])
+    captured = {}
+    p_mod = R.output_projections(pruned)[name]
+    d_mod = R.output_projections(dense)[name]
+    hooks = [p_mod.register_forward_pre_hook(lambda m, a: captured.__setitem__("h", a[0].reshape(-1, a[0].shape[-1]))),
+             d_mod.register_forward_hook(lambda m, a, o: captured.__setitem__("y", o.reshape(-1, o.shape[-1])))]
+    with torch.no_grad():  # layer 0 of a one-batch calibration: both models see the same input
+        dense(CALIB[:4], use_cache=False)
+        pruned(CALIB[:4], use_cache=False)
+    for h in hooks:
+        h.remove()
+    h, y = captured["h"].double(), captured["y"].double()
+    damp = 0.01
+    stat = R.collect(pruned, dense, CALIB[:4], [name])[name]
+    lam = damp * float(torch.diag(h.T @ h).mean())
+    # ridge as an augmented least-squares problem, solved by torch.linalg.lstsq
+    A = torch.cat([h, lam ** 0.5 * torch.eye(h.shape[1], dtype=h.dtype)])
+    B = torch.cat([y, torch.zeros(h.shape[1], y.shape[1], dtype=y.dtype)])
+    expected = torch.linalg.lstsq(A, B).solution.T
+    torch.testing.assert_close(R.solve(stat, damp), expected, atol=1e-6, rtol=1e-6)
+    assert layer >= 0
+
+
+def test_refit_held_out_error_is_measured_and_reported():
+    """How often the refit also lowers the error on unseen windows (printed: a measurement, not a
+    promise; on these random tiny models it is a minority, see the report in bench/results.md)."""
+    lowered, refit, total = 0, 0, 0
+    for name in TINY:
+        dense, pruned = pruned_pair(name, "mlp", 0.25)
+        before = R.reconstruction_errors(pruned, dense, HELD)
+        handle = R.refit(pruned, dense, CALIB)
+        after = R.reconstruction_errors(pruned, dense, HELD)
+        kept = [n for n, row in handle.info["errors"].items() if row["refit"]]
+        lowered += sum(after[n] < before[n] for n in kept)
+        refit += len(kept)
+        total += len(before)
+    print(f"refit {refit}/{total} projections; held-out error lowered in {lowered}/{refit} of them")
+    assert refit > 0 and 0 <= lowered <= refit
+    assert all(v >= 0 for v in after.values())
+
+
+def test_refit_refuses_depth_pruned_and_same_object():
+    from course_lib.pruning import layers as L
+    dense, _ = models.load("tiny-llama")
+    with pytest.raises(ValueError, match="same object"):
+        R.refit(dense, dense, CALIB)
+    pruned = copy.deepcopy(dense)
+    L.remove_layers(pruned, [0])
+    with pytest.raises(ValueError, match="distillation"):
+        R.refit(pruned, dense, CALIB)
+    with pytest.raises(ValueError, match="damp"):
+        R.refit(copy.deepcopy(dense), dense, CALIB, damp=0)
+
+
+def test_kl_loss_is_kl():
+    s, t = torch.randn(2, 3, 7), torch.randn(2, 3, 7)
+    p = t.softmax(-1)
+    expected = (p * (p.log() - s.log_softmax(-1))).sum(-1).mean()
+    torch.testing.assert_close(D.kl_loss(s, t), expected)
+    assert float(D.kl_loss(t, t)) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_distil_lowers_kl_in_place_and_undoes(name):
+    dense, pruned = pruned_pair(name, "mlp")
+    before = logits(pruned)
+    embed = pruned.get_input_embeddings().weight.detach().clone()
+
+    def kl(model):
+        return float(D.kl_loss(logits(model, CALIB), logits(dense, CALIB)))
+
+    kl_before = kl(pruned)
+    handle, report = D.distil(pruned, dense, CALIB, steps=12, lr=1e-4, eval_windows=HELD,
+                              heldout_windows=CALIB, eval_every=4, quiet=True)
+    assert kl(pruned) < kl_before
+    assert [row["step"] for row in report.history] == [0, 4, 8, 12]
+    assert report.history[0]["ppl_eval"] == pytest.approx(
+        float(torch.exp(torch.nn.functional.cross_entropy(before[:, :-1].reshape(-1, before.shape[-1]),
+                                                          HELD[:, 1:].reshape(-1)))), rel=1e-4)
+    assert torch.equal(pruned.get_input_embeddings().weight, embed)  # frozen
+    assert all(not p.requires_grad or p.grad is None for p in pruned.parameters())
+    handle.restore()
+    assert torch.equal(logits(pruned), before)
+
+
+def test_distil_refuses_bad_input():
+    dense, pruned = pruned_pair("tiny-llama", "mlp")
+    with pytest.raises(ValueError, match="same object"):
+        D.distil(dense, dense, CALIB)
+    with pytest.raises(ValueError, match="steps"):
+        D.distil(pruned, dense, CALIB, steps=-1)
+    with pytest.raises(ValueError, match="calibration windows"):
+        D.distil(pruned, dense, None)
