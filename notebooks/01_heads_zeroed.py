@@ -86,17 +86,17 @@ fig
 #
 # - **weight norm**: the size of each head's block of `o_proj` (free to compute);
 # - **ablation**: zero one head at a time and measure how much perplexity rises
-#   (one evaluation per head, on a calibration window — never on the eval text).
+#   (one evaluation per head, on 32 tokens of calibration text — never on the eval text).
 #
 # Before you look: will the two scores agree on which heads matter? Write a rank
 # correlation between -1 and 1 (1: the same order, 0: unrelated).
 
-# %%
+# %% tags=["prediction"]
 my_guess_agreement = 0.8  # your prediction: rank correlation of the two scores
 
 # %%
 norm_scores = heads.head_importance_weight_norm(model)
-ablation_scores = heads.head_importance_ablation(model, run.windows.calib[:1, :64])
+ablation_scores = heads.head_importance_ablation(model, run.windows.calib[:1, :32])  # one short window: one evaluation per head
 plots.heatmap(norm_scores, title="importance by weight norm")
 
 # %%
@@ -120,7 +120,7 @@ run.claim("the weight norm is a poor guide to what ablation measures (rank corre
 # We zero the lowest-scoring fraction of the heads of every layer and watch the
 # perplexity, for both scores. Which score will hurt less at 50%?
 
-# %%
+# %% tags=["prediction"]
 my_guess_better_score = "weight norm"  # your prediction: "ablation" or "weight norm"
 
 # %%
@@ -152,7 +152,7 @@ plots.curves([f * 100 for f in fractions], curve, xlabel="% of heads zeroed in e
 # zeros just like any other number. Predict first: how much faster is the model
 # with half of its heads zeroed? (1.0 = the same speed.)
 
-# %%
+# %% tags=["prediction"]
 my_guess_speedup = 1.5  # your prediction: dense time / zeroed time
 
 # %% tags=["nbval-ignore-output"]
@@ -187,8 +187,7 @@ def prune(model, criterion, fraction):
 explorer = Explorer(model, run.windows.eval[:2], prune, methods=("ablation", "weight norm"),
                     amount_label="fraction of heads zeroed", amount_max=0.75, step=0.25,
                     title="zeroing attention heads")
-explorer.point("ablation", 0.5)  # measured now, so the slider answers at once
-print(f"{len(explorer.cache)} points measured")
+print(f"{len(explorer.cache)} point measured (the dense one); each new setting is measured once, then cached")
 
 # %% tags=["nbval-ignore-output"]
 explorer

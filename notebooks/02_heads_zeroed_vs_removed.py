@@ -115,7 +115,7 @@ plots.heatmap(scores, title="head importance: contribution to the layer output")
 #
 # Which of the two costs less perplexity? Predict first.
 
-# %%
+# %% tags=["prediction"]
 my_guess_cheaper = "spread"  # your prediction: "spread" or "whole group"
 
 # %%
@@ -183,7 +183,7 @@ run.claim("zeroing and removing the same heads give the same perplexity (2 decim
 # by side in one run (interleaved, so machine drift hits them equally). Predict
 # the speedup of the removed model first; the FLOPs count comes with the answer.
 
-# %%
+# %% tags=["prediction"]
 my_guess_removed_speedup = 1.3  # your prediction: dense time / removed time
 
 # %% tags=["nbval-ignore-output"]
@@ -235,8 +235,7 @@ def prune(model, method, fraction):
 explorer = Explorer(model, run.windows.eval[:2], prune, methods=("remove", "zero"),
                     amount_label="fraction of heads", amount_max=(units - 1) / units, step=1 / units,
                     title="heads zeroed vs removed")
-for method in ("zero", "remove"):
-    explorer.point(method, 1 / units)  # measured now, so the slider answers at once
+explorer.point("remove", 1 / units)  # measured now, so the slider answers at once
 print(f"{len(explorer.cache)} points measured")
 
 # %% tags=["nbval-ignore-output"]

@@ -100,7 +100,7 @@ del copy_one_layer
 # FLOPs per token; the *measured* one times the dense and the pruned model side by
 # side. Predict the ideal speedup of removing two thirds of the heads first.
 
-# %%
+# %% tags=["prediction"]
 my_guess_ideal = 1.5  # your prediction: dense FLOPs / pruned FLOPs, two thirds of the heads removed
 
 # %%
@@ -122,7 +122,7 @@ print(f"ideal speedup with {counts[-1]} of {geo.n_heads} heads removed: {rows[-1
 # %% [markdown]
 # Now the clock. What fraction of the ideal will it show? (1.0: all of it.)
 
-# %%
+# %% tags=["prediction"]
 my_guess_efficiency = 0.7  # your prediction: measured speedup / ideal speedup
 
 # %% tags=["nbval-ignore-output"]
