@@ -191,8 +191,9 @@ latency = run.latency({"dense": model, "zeroed": zeroed, "removed": removed}, to
                       runs=3 if QUICK else 11)
 zeroed_speedup = timing.speedup(latency["dense"], latency["zeroed"])
 removed_speedup = timing.speedup(latency["dense"], latency["removed"])
-print("zeroed  vs dense:", zeroed_speedup)
-print("removed vs dense:", removed_speedup)
+print("zeroed  vs dense  :", zeroed_speedup)
+print("removed vs dense  :", removed_speedup)
+print("removed vs zeroed :", timing.speedup(latency["zeroed"], latency["removed"]))
 
 # %%
 ideal = metrics.flops_per_token(model).total / metrics.flops_per_token(removed).total
@@ -200,11 +201,6 @@ print(f"FLOPs per token: removal saves {1 - 1 / ideal:.1%} (ideal speedup {ideal
       f"you guessed {my_guess_removed_speedup:.2f}x")
 run.claim("zeroing does not make the model faster", zeroed_speedup.verdict != "faster",
           f"{zeroed_speedup.median:.2f}x, {zeroed_speedup.verdict}", needs_real_model=True)
-run.claim("removing makes it faster than dense", removed_speedup.verdict == "faster",
-          f"{removed_speedup.median:.2f}x, {removed_speedup.verdict}", needs_real_model=True)
-run.claim("removing makes it faster than zeroing",
-          timing.speedup(latency["zeroed"], latency["removed"]).verdict == "faster",
-          str(timing.speedup(latency["zeroed"], latency["removed"])), needs_real_model=True)
 
 # %% tags=["nbval-ignore-output"]
 zeroed_ratio = latency["zeroed"].ratio_to(latency["dense"])
@@ -215,6 +211,12 @@ fig = plots.bars({"dense": 1.0, "zeroed": zeroed_ratio, "removed": removed_ratio
 fig
 
 # %% [markdown]
+# The verdicts printed with the timings say whether the removed model was faster
+# than the dense and the zeroed one on this run. Removing the heads printed above
+# saves only the share of the FLOPs printed above (one KV group of SmolLM2: about 8%),
+# an effect close to the noise of a busy machine: the verdict can read "within noise".
+# Lesson 3 removes more heads, where the effect stands clear of the noise.
+#
 # ## Explore
 #
 # Drag the slider: the fraction of heads pruned in every layer, in whole KV groups

@@ -137,7 +137,7 @@ for count, pruned in pruned_models.items():
     print(f"{count} heads removed: measured {verdicts[count]}; ideal {comparison.ideal_speedup:.2f}x "
           f"({comparison.efficiency:.0%} of ideal)")
 
-# %%
+# %% tags=["nbval-ignore-output"]
 most = counts[-1]
 s = verdicts[most]
 relation = ("below the ideal" if s.high < measured[most].ideal_speedup else
