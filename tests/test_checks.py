@@ -1,5 +1,7 @@
 """Exercise checks pass good solutions, fail stubs and typical mistakes with a useful hint;
 the student edition carries no solution code."""
+import math
+
 import nbformat
 import pytest
 import torch
@@ -54,6 +56,50 @@ def test_gqa_choice_check():
     assert checks.check_gqa_choice(one_per_group)
     first_k = lambda n, kv, k: list(range(k))  # noqa: E731  (fine until a group is split unevenly)
     assert "same number" in str(checks.check_gqa_choice(first_k))
+
+
+def _nearest_by_enumeration(n, kv, want):
+    """An independent solution: try every subset size by brute force over (whole groups, per group)."""
+    g = n // kv
+    best = None
+    for m in range(kv):
+        for k in range(g):
+            count = m * g + (kv - m) * k
+            if 0 < count < n and (best is None or (abs(count - want), count) < (abs(best[0] - want), best[0])):
+                best = (count, list(range(m * g)) + [grp * g + i for grp in range(m, kv) for i in range(k)])
+    return best[1]
+
+
+def test_gqa_nearest_check_passes_a_right_answer_and_names_each_mistake():
+    assert checks.check_gqa_nearest(_nearest_by_enumeration)
+    # only "the same count per group": valid, but not the nearest where whole groups do better
+    per_group_only = lambda n, kv, want: [grp * (n // kv) + i for grp in range(kv)  # noqa: E731
+                                          for i in range(max(1, math.ceil(want / kv - 0.5)))]
+    message = str(checks.check_gqa_nearest(per_group_only))
+    assert "NOT YET" in message and "whole groups" in message
+    first_k = lambda n, kv, want: list(range(want))  # noqa: E731  (splits a group unevenly)
+    assert "same number" in str(checks.check_gqa_nearest(first_k))
+    ties_up = lambda n, kv, want: _nearest_by_enumeration(n, kv, want + 0.01)  # noqa: E731
+    assert "ties go to the smaller" in str(checks.check_gqa_nearest(ties_up))
+    off_by_far = lambda n, kv, want: _nearest_by_enumeration(n, kv, n - 1)  # noqa: E731
+    assert "nearest valid count is" in str(checks.check_gqa_nearest(off_by_far))
+    everything = lambda n, kv, want: list(range(n))  # noqa: E731
+    assert "at least one" in str(checks.check_gqa_nearest(everything))
+
+
+def test_nearest_gqa_removal_is_valid_nearest_and_prefers_low_scores():
+    from course_lib.pruning import heads
+
+    assert heads.gqa_valid_counts(9, 3) == [0, 3, 5, 6, 7, 8]
+    assert heads.gqa_valid_counts(4, 4) == [0, 1, 2, 3]  # no GQA: any count
+    for n, kv in ((9, 3), (32, 4), (14, 2), (4, 1), (12, 12)):
+        g = n // kv
+        for want in range(1, n):
+            chosen = heads.nearest_gqa_removal(n, kv, want)
+            left = {g - sum(h // g == grp for h in chosen) for grp in range(kv)} - {0}
+            assert len(left) == 1 and len(chosen) == len(_nearest_by_enumeration(n, kv, want)), (n, kv, want)
+    scores = [5, 5, 5, 1, 1, 1, 5, 5, 5]  # group 1 is the weakest: a whole-group choice takes it
+    assert heads.nearest_gqa_removal(9, 3, 3, scores) == [3, 4, 5]
 
 
 def test_ideal_speedup_check():

@@ -99,3 +99,29 @@ def test_damaged_cache_is_rebuilt_not_half_loaded(tmp_path, monkeypatch, smollm2
     reference, _ = smollm2
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight,
                        reference.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_stand_ins_mirror_the_geometry_of_their_originals():
+    """The stand-ins exist to exercise every index a lesson derives on the original model."""
+    want = {  # family, heads, KV heads, head_dim != hidden/heads, MLP / hidden, biases, tied, sliding
+        "tiny-gpt2-124m": ("gpt2", 12, 12, False, 4.0, True, True, False),
+        "tiny-tinyllama": ("llama", 32, 4, False, 2.75, False, False, False),
+        "tiny-qwen2.5": ("llama", 14, 2, False, None, True, True, False),
+        "tiny-gemma3-270m": ("llama", 4, 1, True, None, False, True, True),
+    }
+    assert set(want) == set(models.STAND_INS) and set(models.STAND_INS) <= set(models.TINY)
+    for name, (fam, heads, kv, odd_head_dim, mlp_ratio, biases, tied, sliding) in want.items():
+        model, _ = models.load(name)
+        geo = arch.geometry(model)
+        assert (geo.family, geo.n_heads, geo.n_kv_heads) == (fam, heads, kv), name
+        assert (geo.head_dim * geo.n_heads != geo.hidden) == odd_head_dim, name
+        assert mlp_ratio is None or geo.mlp_width / geo.hidden == mlp_ratio, name
+        assert (geo.attn_biases, geo.tied_embeddings) == (biases, tied), name
+        assert ("sliding_attention" in geo.layer_types and "full_attention" in geo.layer_types) == sliding, name
+        for part in geo.attn_projections:  # every name the geometry gives exists in the model
+            model.get_submodule(geo.attn_module(geo.n_layers - 1, part))
+        for part in geo.mlp_projections:
+            model.get_submodule(geo.mlp_module(geo.n_layers - 1, part))
+        with pytest.raises(IndexError, match="layers 0.."):
+            geo.attn_module(geo.n_layers)
+    assert arch.geometry(models.load("tiny-gemma3-270m")[0]).head_dim == 256

@@ -37,7 +37,7 @@ def test_every_code_cell_was_executed_and_shows_output(source):
     code = [c for c in nb.cells if c.cell_type == "code"]
     counts = [c.execution_count for c in code]
     assert all(counts) and counts == sorted(counts), f"{source.stem}: not executed top to bottom"
-    quiet_by_design = {"parameters", "solution"}  # assignments and exercise definitions
+    quiet_by_design = {"parameters", "solution", "prediction"}  # assignments, exercises, your guesses
     silent = [c.source.splitlines()[0] for c in code
               if not c.outputs and not quiet_by_design & set(c.metadata.get("tags", []))]
     assert not silent, f"{source.stem}: code cells without output: {silent}"

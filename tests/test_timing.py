@@ -221,3 +221,17 @@ def test_claim_prints_its_mark_and_evidence(capsys):
     assert lines[1].startswith("✗ zeros are faster")
     assert lines[2].startswith("· ") and "not decided" in lines[2]
     assert lines[3].startswith("✓ ")
+
+
+def test_a_lesson_claim_is_truthy_and_silent_at_the_end_of_a_cell(capsys):
+    """A notebook kernel sends no result for a value whose formatter returns no data."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from course_lib.teaching import lesson
+
+    run = lesson.Lesson("tiny-llama", None, None, None, "cpu", 2)
+    held, failed = run.claim("a held claim", True, "1 < 2"), run.claim("a failed one", False)
+    assert "✓ a held claim  [1 < 2]" in capsys.readouterr().out
+    assert held and not failed and held == True and failed == False  # noqa: E712
+    data, _ = InteractiveShell.instance().display_formatter.format(held)
+    assert data == {}

@@ -134,3 +134,104 @@ def check_token_ids(model: nn.Module, windows: torch.Tensor, what: str = "the wi
         raise ValueError(f"{what} hold token id {bad}, but {type(model).__name__} has a vocabulary "
                          f"of {vocab} (ids 0..{vocab - 1}): they were made with another model's "
                          "tokenizer. Make them with this model's: data.windows_for(tokenizer, name).")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Everything a lesson needs to name a part of the model, read from the model itself.
+
+    Lessons derive every index, count, layer name and slice from this, so the same
+    notebook runs on GPT-2, TinyLlama, Qwen2.5, SmolLM2 or Gemma-3 (and on their stand-ins).
+    """
+
+    family: str            # "gpt2" or "llama" (see the module docstring)
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    mlp_width: int
+    vocab: int
+    layer_prefix: str      # "transformer.h" or "model.layers"
+    attn_projections: tuple[str, ...]   # ("c_attn", "c_proj") or ("q_proj", "k_proj", "v_proj", "o_proj")
+    out_projection: str    # the projection that reads the concatenated heads
+    mlp_projections: tuple[str, ...]    # ("c_fc", "c_proj") or ("gate_proj", "up_proj", "down_proj")
+    attn_biases: bool      # q/k/v carry biases (GPT-2, Qwen2)
+    tied_embeddings: bool
+    layer_types: tuple[str, ...]        # per layer: "full_attention" or "sliding_attention"
+
+    @property
+    def group_size(self) -> int:
+        """Query heads that share one KV head (1 without GQA)."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def gqa(self) -> bool:
+        return self.n_kv_heads < self.n_heads
+
+    @property
+    def attn_name(self) -> str:
+        return "attn" if self.family == "gpt2" else "self_attn"
+
+    def _check_layer(self, layer: int) -> None:
+        if not 0 <= layer < self.n_layers:
+            raise IndexError(f"layer {layer} does not exist: this model has layers 0..{self.n_layers - 1}")
+
+    def attn_module(self, layer: int, part: str | None = None) -> str:
+        """Full name of an attention projection: ``attn_module(3)`` -> ``model.layers.3.self_attn.o_proj``."""
+        self._check_layer(layer)
+        return f"{self.layer_prefix}.{layer}.{self.attn_name}.{part or self.out_projection}"
+
+    def mlp_module(self, layer: int, part: str | None = None) -> str:
+        """Full name of an MLP projection (default: the one that reads the neurons)."""
+        self._check_layer(layer)
+        return f"{self.layer_prefix}.{layer}.mlp.{part or self.mlp_projections[-1]}"
+
+    def head_columns(self, head: int) -> range:
+        """Columns of the output projection that read head ``head``."""
+        return range(head * self.head_dim, (head + 1) * self.head_dim)
+
+    def groups(self) -> dict[int, list[int]]:
+        """KV head -> the query heads that share it."""
+        g = self.group_size
+        return {kv: list(range(kv * g, (kv + 1) * g)) for kv in range(self.n_kv_heads)}
+
+    def middle_layer(self) -> int:
+        return self.n_layers // 2
+
+    def describe(self) -> str:
+        kv = (f"{self.n_kv_heads} KV head{'s' if self.n_kv_heads > 1 else ''} "
+              f"(groups of {self.group_size})" if self.gqa else "no GQA (every head has its own K/V)")
+        extra = []
+        if self.head_dim * self.n_heads != self.hidden:
+            extra.append(f"head_dim {self.head_dim} != hidden/heads {self.hidden // self.n_heads}")
+        if "sliding_attention" in self.layer_types:
+            extra.append(f"{self.layer_types.count('sliding_attention')} sliding + "
+                         f"{self.layer_types.count('full_attention')} global layers")
+        return (f"{self.family} layout: {self.n_layers} layers, hidden {self.hidden}, {self.n_heads} heads of "
+                f"{self.head_dim}, {kv}, MLP {self.mlp_width}" + (f"; {'; '.join(extra)}" if extra else ""))
+
+
+def geometry(model: nn.Module, layer_index: int = 0) -> Geometry:
+    """The model's geometry (heads of ``layer_index``: they can differ per layer after pruning)."""
+    fam = family(model)
+    config = model.config
+    shape = attention_shape(model, layer_index)
+    n_layers = len(decoder_layers(model))
+    attn = attention(decoder_layers(model)[layer_index])
+    if fam == "gpt2":
+        projections, out, mlp_parts = ("c_attn", "c_proj"), "c_proj", ("c_fc", "c_proj")
+        biases = attn.c_attn.bias is not None
+        hidden = config.n_embd
+    else:
+        projections, out = ("q_proj", "k_proj", "v_proj", "o_proj"), "o_proj"
+        mlp_parts = ("gate_proj", "up_proj", "down_proj")
+        biases = attn.q_proj.bias is not None
+        hidden = config.hidden_size
+    types = getattr(config, "layer_types", None) or ["full_attention"] * n_layers
+    tied = bool(getattr(config, "tie_word_embeddings", False)) or (
+        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr())
+    return Geometry(fam, n_layers, hidden, shape.n_heads, shape.n_kv_heads, shape.head_dim,
+                    mlp_width(model, layer_index), model.get_input_embeddings().num_embeddings,
+                    "transformer.h" if fam == "gpt2" else "model.layers", projections, out, mlp_parts,
+                    biases, tied, tuple(types[:n_layers]))

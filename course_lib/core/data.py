@@ -18,10 +18,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import datasets
-from datasets import Dataset, load_dataset
-
-datasets.disable_progress_bars()  # keep the lessons' outputs clean
 
 SOURCES = ("pydoc", "python-source", "wikitext")
 
@@ -32,18 +28,29 @@ SOURCE_MODULES = ("argparse", "dataclasses", "enum", "fractions", "functools", "
                   "json.encoder", "calendar", "difflib", "ipaddress")
 
 
-def text_dataset(source: str = "pydoc") -> Dataset:
-    """A ``datasets.Dataset`` with one ``text`` column, from a named source or a file path."""
+def _builtin_texts(source: str) -> list[str] | None:
+    """The documents of an offline source (no ``datasets`` needed), or None for other sources."""
     if source == "pydoc":
         from pydoc_data.topics import topics
 
-        return Dataset.from_dict({"text": [topics[key] for key in sorted(topics)]})
+        return [topics[key] for key in sorted(topics)]
     if source == "python-source":
         import importlib
         import inspect
 
-        return Dataset.from_dict({"text": [inspect.getsource(importlib.import_module(name))
-                                           for name in SOURCE_MODULES]})
+        return [inspect.getsource(importlib.import_module(name)) for name in SOURCE_MODULES]
+    return None
+
+
+def text_dataset(source: str = "pydoc") -> "Dataset":
+    """A ``datasets.Dataset`` with one ``text`` column, from a named source or a file path."""
+    import datasets  # imported here: it takes seconds, and the offline sources do not need it
+    from datasets import Dataset, load_dataset
+
+    datasets.disable_progress_bars()  # keep the lessons' outputs clean
+    texts = _builtin_texts(source)
+    if texts is not None:
+        return Dataset.from_dict({"text": texts})
     if source == "wikitext":
         return load_dataset("wikitext", "wikitext-2-raw-v1", split="test")
     path = Path(source)
@@ -58,7 +65,8 @@ def text_dataset(source: str = "pydoc") -> Dataset:
 @lru_cache(maxsize=4)
 def load_text(source: str = "pydoc") -> str:
     """The whole source as one string, documents separated by a blank line."""
-    return "\n\n".join(text_dataset(source)["text"])
+    texts = _builtin_texts(source)
+    return "\n\n".join(texts if texts is not None else text_dataset(source)["text"])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ Three kinds of names:
   (``smollm2-135m``, ``gemma3-270m``); the first load converts the GGUF file
   (~20-70 s) and keeps a safetensors copy in the cache, so later loads take a second;
 - tiny randomly initialised models (``tiny-gpt2``, ``tiny-llama``, ``tiny-qwen2``,
-  ``tiny-gemma3``) with a byte-level tokenizer, to try code in seconds;
+  ``tiny-gemma3``) with a byte-level tokenizer, to try code in seconds, and stand-ins
+  whose head geometry mirrors each lesson's original model (``tiny-gpt2-124m``,
+  ``tiny-tinyllama``, ``tiny-qwen2.5``, ``tiny-gemma3-270m``; see ``STAND_INS``);
 - any Hugging Face hub id (``gpt2``, ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``,
   ``Qwen/Qwen2.5-0.5B``): the original models of the lessons, when online or cached.
 
@@ -148,10 +150,35 @@ def _tiny_config(name: str):
         return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                 max_position_embeddings=512, sliding_window=512, **common)
+    # Stand-ins with the head geometry of each lesson's original model (random weights,
+    # a few layers): a lesson run on one of them exercises every index, count and slice
+    # the original would, offline and in seconds.
+    if name == "tiny-gpt2-124m":  # GPT-2: 12 heads, no GQA, fused c_attn, MLP 4x hidden
+        return GPT2Config(n_layer=2, n_head=12, n_embd=96, n_positions=512,
+                          resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+    if name == "tiny-tinyllama":  # TinyLlama-1.1B: 32 heads / 4 KV heads, MLP 2.75x, untied
+        return LlamaConfig(hidden_size=128, intermediate_size=352, num_hidden_layers=2,
+                           num_attention_heads=32, num_key_value_heads=4, head_dim=4,
+                           max_position_embeddings=512, tie_word_embeddings=False, **common)
+    if name == "tiny-qwen2.5":  # Qwen2.5-0.5B: 14 heads / 2 KV heads, q/k/v biases, tied
+        return Qwen2Config(hidden_size=112, intermediate_size=608, num_hidden_layers=2,
+                           num_attention_heads=14, num_key_value_heads=2,
+                           max_position_embeddings=512, tie_word_embeddings=True,
+                           layer_types=["full_attention"] * 2, **common)
+    if name == "tiny-gemma3-270m":  # Gemma-3-270M: 4 heads / 1 KV head, head_dim 256 != 64/4
+        return Gemma3TextConfig(hidden_size=64, intermediate_size=192, num_hidden_layers=3,
+                                num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                                max_position_embeddings=512, sliding_window=32,
+                                layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                **common)
     raise KeyError(name)
 
 
 TINY = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
+# name -> the original model whose geometry the stand-in mirrors
+STAND_INS = {"tiny-gpt2-124m": "gpt2", "tiny-tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+             "tiny-qwen2.5": "Qwen/Qwen2.5-0.5B", "tiny-gemma3-270m": "gemma3-270m"}
+TINY = TINY + tuple(STAND_INS)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:

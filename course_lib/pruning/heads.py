@@ -535,6 +535,52 @@ def least_important_groups(scores, n_groups: int, model: nn.Module) -> dict[int,
     return request
 
 
+def gqa_valid_counts(n_heads: int, n_kv_heads: int) -> list[int]:
+    """Every number of query heads one layer can lose and still be a GQA layer.
+
+    Remove ``m`` whole groups (each with its KV head) and ``k`` query heads from each
+    of the ``n_kv_heads - m`` groups left (``k`` below the group size): every group
+    that stays keeps ``group - k`` heads. The count is ``m * group + (n_kv_heads - m) * k``.
+    A layer keeps at least one head. Without GQA (``n_kv_heads == n_heads``) any count works.
+    """
+    if n_heads <= 0 or n_kv_heads <= 0 or n_heads % n_kv_heads:
+        raise ValueError(f"{n_heads} query heads do not split into {n_kv_heads} KV groups.")
+    group = n_heads // n_kv_heads
+    return sorted({m * group + (n_kv_heads - m) * k for m in range(n_kv_heads)
+                   for k in range(group)} - {n_heads})
+
+
+def nearest_gqa_removal(n_heads: int, n_kv_heads: int, n_remove: int, scores=None) -> list[int]:
+    """Query heads to remove: the valid count nearest ``n_remove`` (ties: the smaller, at least 1).
+
+    Among the layouts that remove that many heads (whole groups, k per group, or both),
+    the one whose heads score lowest in ``scores`` (one value per head; default: lower
+    indices first) is returned, sorted.
+    """
+    if not 0 < n_remove < n_heads:
+        raise ValueError(f"n_remove={n_remove}: remove between 1 and {n_heads - 1} of {n_heads} heads.")
+    counts = [c for c in gqa_valid_counts(n_heads, n_kv_heads) if c > 0]
+    target = min(counts, key=lambda c: (abs(c - n_remove), c))
+    group = n_heads // n_kv_heads
+    row = np.arange(n_heads, dtype=float) * 1e-9 if scores is None else np.asarray(scores, dtype=float)
+    best = None
+    for m in range(n_kv_heads):
+        rest = target - m * group
+        if rest < 0 or rest % (n_kv_heads - m) or rest // (n_kv_heads - m) >= group:
+            continue
+        k = rest // (n_kv_heads - m)
+        totals = [row[g * group:(g + 1) * group].sum() for g in range(n_kv_heads)]
+        whole = sorted(range(n_kv_heads), key=lambda g: (totals[g], g))[:m]
+        chosen = [h for g in whole for h in range(g * group, (g + 1) * group)]
+        for g in sorted(set(range(n_kv_heads)) - set(whole)):
+            members = sorted(range(g * group, (g + 1) * group), key=lambda h: (row[h], h))
+            chosen += members[:k]
+        cost = float(row[chosen].sum())
+        if best is None or cost < best[0]:
+            best = (cost, sorted(chosen))
+    return best[1]
+
+
 def kept_heads(model: nn.Module) -> dict[int, list[int] | None]:
     """Per layer, the original head indices still present (None: never pruned)."""
     return {i: getattr(arch.attention(block), KEPT_HEADS_ATTR, None)

@@ -173,18 +173,23 @@ def explain_gap(dense_flops: Flops, pruned_flops: Flops, measured_speedup: float
     """A readable account of why measured speedup < ideal speedup, with this model's numbers."""
     ideal = ideal_speedup(dense_flops, pruned_flops)
     shares = dense_flops.shares()
-    untouched = (pruned_flops.lm_head + pruned_flops.attention_scores) / dense_flops.total
+    scores_shrank = pruned_flops.attention_scores < dense_flops.attention_scores
+    untouched = (pruned_flops.lm_head + (0 if scores_shrank else pruned_flops.attention_scores)) / dense_flops.total
     lines = [f"Ideal speedup (FLOPs ratio): {ideal:.2f}x."]
     if measured_speedup is not None:
         lines.append(f"Measured prefill speedup: {measured_speedup:.2f}x = {measured_speedup / ideal:.0%} "
-                     "of the ideal.")
+                     "of the ideal. Where the clock falls short of the ideal, these are the reasons:")
     if decode_speedup is not None:
         lines.append(f"Measured decode speedup (per token): {decode_speedup:.2f}x.")
     lines += [
-        f"- Amdahl: the lm_head ({shares['lm_head']:.0%} of the dense FLOPs) and the attention "
-        f"scores ({shares['attention_scores']:.0%}, they grow with the context) are not pruned; "
-        f"{untouched:.0%} of the dense work is left whatever we cut from the decoder matrices. "
-        "The FLOPs ratio already accounts for that -- it is why the ideal is modest.",
+        (f"- Amdahl: the lm_head ({shares['lm_head']:.0%} of the dense FLOPs) is not pruned; the attention "
+         f"scores ({shares['attention_scores']:.0%}, they grow with the context) shrink with the heads "
+         f"removed. {untouched:.0%} of the dense work is left whatever we cut from the decoder matrices."
+         if scores_shrank else
+         f"- Amdahl: the lm_head ({shares['lm_head']:.0%} of the dense FLOPs) and the attention "
+         f"scores ({shares['attention_scores']:.0%}, they grow with the context) are not pruned; "
+         f"{untouched:.0%} of the dense work is left whatever we cut from the decoder matrices.")
+        + " The FLOPs ratio already accounts for that -- it is why the ideal is modest.",
         "- Work that FLOPs do not count: embedding lookup, RMSNorm/LayerNorm, rotary "
         "embeddings, softmax, SiLU/GELU, residual adds, the KV cache copies. They are "
         "memory-bound, barely shrink with pruning, and become a larger share of the time.",

@@ -103,6 +103,52 @@ def check_gqa_choice(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
     return CheckResult(True, "5 hidden layouts: every choice keeps the groups even.")
 
 
+def check_gqa_nearest(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
+    """``fn(n_heads, n_kv_heads, n_remove)``: a GQA-valid head set of the valid size nearest ``n_remove``.
+
+    ``n_remove`` is not a multiple of the KV heads, so "the same number from every group"
+    cannot give it exactly: the student combines whole groups and per-group removals,
+    and compares with ``heads.nearest_gqa_removal`` (ties go to the smaller count, at least 1).
+    """
+    from ..pruning import heads as lib
+
+    # hidden layouts: SmolLM2, TinyLlama, Qwen2.5, Gemma-3, and two made up
+    for n_heads, n_kv, n_remove in ((9, 3, 4), (32, 4, 6), (14, 2, 5), (32, 4, 10), (6, 2, 1), (12, 3, 10)):
+        out, error = _run(fn, n_heads, n_kv, n_remove)
+        if error is not None:
+            return error
+        try:
+            chosen = sorted(int(h) for h in out)
+        except TypeError:
+            return CheckResult(False, f"return a list of head indices, not {type(out).__name__}.")
+        want = len(lib.nearest_gqa_removal(n_heads, n_kv, n_remove))
+        if len(set(chosen)) != len(chosen):
+            return CheckResult(False, f"{chosen} names a head twice: every head can go only once.")
+        if chosen and (chosen[0] < 0 or chosen[-1] >= n_heads):
+            return CheckResult(False, f"head indices run from 0 to {n_heads - 1}; got {chosen}.")
+        group = n_heads // n_kv
+        left = [group - sum(1 for h in chosen if h // group == g) for g in range(n_kv)]
+        if len({n for n in left if n > 0}) > 1:
+            return CheckResult(False, f"{n_heads} heads, {n_kv} KV heads (groups of {group}): removing {chosen} "
+                                      f"leaves {left} query heads in the groups. Every group that stays must keep "
+                                      "the same number: remove whole groups, then the same count from each group left.")
+        if not any(left):
+            return CheckResult(False, f"{chosen} removes every head of the layer; a layer keeps at least one.")
+        if len(chosen) != want:
+            valid = [c for c in lib.gqa_valid_counts(n_heads, n_kv) if c > 0]
+            if abs(len(chosen) - n_remove) == abs(want - n_remove):
+                hint = " Both are equally near: a tie goes to the smaller count (remove less, keep more)."
+            elif len(chosen) % n_kv == 0 and want % n_kv:
+                hint = (" You only tried the same count per group; whole groups (and whole groups plus "
+                        "the same count from each group left) give other valid counts.")
+            else:
+                hint = ""
+            return CheckResult(False, f"{n_heads} heads / {n_kv} KV heads, asked for {n_remove}: you removed "
+                                      f"{len(chosen)}, a valid count, but the nearest valid count is {want} "
+                                      f"(valid: {valid}; ties go to the smaller).{hint}")
+    return CheckResult(True, "6 hidden layouts (SmolLM2's, TinyLlama's, Qwen2.5's among them): valid and nearest.")
+
+
 # ------------------------------------------------------------- lesson 3: the ideal speedup
 def check_ideal_speedup(fn: Callable[[int, int, int, int, int], float]) -> CheckResult:
     """``fn(hidden, n_heads, head_dim, removed_heads, vocab)``: ideal speedup of one MHA layer + lm_head.

@@ -31,9 +31,13 @@ class Lesson:
         value = metrics.perplexity(model or self.model, self.windows.eval if windows is None else windows)
         return round(value, 2)
 
-    def claim(self, text: str, holds: bool, evidence: str = "", needs_real_model: bool = False) -> bool:
-        """``claim`` for this lesson's model (see the module function)."""
-        return claim(text, holds, evidence, needs_real_model, self.name)
+    def claim(self, text: str, holds: bool, evidence: str = "", needs_real_model: bool = False) -> "Held":
+        """``claim`` for this lesson's model (see the module function).
+
+        Returns a ``Held`` (true when the claim holds) that a notebook does not echo,
+        so a claim can end a cell without a stray ``True`` under it.
+        """
+        return Held(claim(text, holds, evidence, needs_real_model, self.name))
 
     def copy_model(self):
         """An independent copy (to keep a dense model beside a pruned one)."""
@@ -49,6 +53,28 @@ class Lesson:
             print(f"{label:>24}: {m.median_ms:8.1f} ms (IQR {m.iqr_ms:.1f} ms, {m.runs} runs)  "
                   f"ratio to {base.label}: {m.ratio_to(base):.2f}x")
         return result
+
+
+class Held:
+    """Whether a claim held; truthy like a bool, and silent as the last value of a notebook cell."""
+
+    def __init__(self, holds: bool):
+        self.holds = bool(holds)
+
+    def __bool__(self) -> bool:
+        return self.holds
+
+    def __eq__(self, other) -> bool:
+        return self.holds == bool(other)
+
+    def __hash__(self) -> int:
+        return hash(self.holds)
+
+    def __repr__(self) -> str:
+        return f"Held({self.holds})"
+
+    def _ipython_display_(self) -> None:  # the claim line printed above is the output
+        pass
 
 
 def claim(text: str, holds: bool, evidence: str = "", needs_real_model: bool = False,

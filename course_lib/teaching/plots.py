@@ -20,13 +20,15 @@ def _finish(fig):
     return fig
 
 
-def weight_histogram(weights: dict[str, torch.Tensor], bins: int = 120, title: str = ""):
-    """Histograms of weight values (e.g. before / after pruning) on a log count scale."""
+def weight_histogram(weights: dict[str, torch.Tensor], bins: int = 120, title: str = "",
+                     xlabel: str = "weight value", show_zeros: bool = True):
+    """Histograms of weight values (or any scores: say so in ``xlabel``) on a log count scale."""
     fig, ax = plt.subplots(figsize=SMALL)
     for label, w in weights.items():
         values = w.detach().float().flatten().cpu().numpy()
-        ax.hist(values, bins=bins, alpha=0.55, label=f"{label} ({np.mean(values == 0):.0%} zeros)")
-    ax.set(yscale="log", xlabel="weight value", ylabel="count", title=title)
+        zeros = f" ({np.mean(values == 0):.0%} zeros)" if show_zeros else ""
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{label}{zeros}")
+    ax.set(yscale="log", xlabel=xlabel, ylabel="count", title=title)
     ax.legend(fontsize=8)
     return _finish(fig)
 
