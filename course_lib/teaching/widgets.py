@@ -139,6 +139,7 @@ class Explorer:
         self._original = self._fingerprint()
         self._gate = _GATES.setdefault(model, _Gate())
         self._thread: threading.Thread | None = None
+        self._drawn: tuple | None = None  # the cached points the current plot shows
 
         start = amount_min if value is None else value
         step = grid_step(list(grid) + [start, amount_max], step, amount_min)
@@ -334,6 +335,10 @@ class Explorer:
         self._redraw()
 
     def _redraw(self) -> None:
+        drawn = tuple(sorted(self.cache))
+        if drawn == self._drawn:
+            return  # a cached point: the plot already shows it (a redraw costs ~0.2 s)
+        self._drawn = drawn
         # Written into the widget's own state (not through `with output:` capture,
         # which needs a live front end): the figure never leaks into the cell.
         self.plot_output.outputs = ()
