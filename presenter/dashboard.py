@@ -28,4 +28,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded model needs no netw
 from course_lib.teaching.presenter import Dashboard
 
 dashboard = Dashboard()
+dashboard.precompute()  # every tab's grid, in the background (progress bar on top)
 dashboard

@@ -71,14 +71,15 @@ def library_perplexity(model, windows, sparsity: float) -> float:
 
 # ------------------------------------------------------------ without a browser (fast)
 @pytest.fixture
-def tiny_dashboard():
+def tiny_dashboard(tmp_path):
     import matplotlib
 
     # rc_context: the dashboard enlarges figures, not for the other tests; one thread:
     # a tiny model gains nothing from two, and a busy machine makes them spin
     with matplotlib.rc_context(), timing.thread_count(1):
         yield presenter.Dashboard("tiny-llama", seq_len=32, n_eval=2, n_calib=2,
-                                  latency_tokens=8, latency_runs=1, threads=1)
+                                  latency_tokens=8, latency_runs=2, threads=1,
+                                  cache_dir=tmp_path)
 
 
 def weights(model):
@@ -109,6 +110,23 @@ def test_every_tab_and_method_measures_and_restores(tiny_dashboard):
         assert f"{section.methods[0]} at {section.step:.2f}" in explorer.text, (key, explorer.text)
         assert explorer.errors == [], (key, explorer.errors)
     assert all(torch.equal(v, original[k]) for k, v in d.model.state_dict().items())
+
+
+def test_precompute_fills_every_grid_and_a_new_session_reuses_it(tiny_dashboard):
+    d = tiny_dashboard
+    d.precompute(keys=["02", "03"], background=False)
+    assert d.progress.value == d.progress.max and "ready" in d.progress.description
+    for key in ("02", "03"):
+        explorer, section = d.explorers[key], d.sections[key]
+        for method in section.methods:
+            for amount in explorer.grid[1:]:
+                assert (method, amount) in explorer.cache, (key, method, amount)
+    again = presenter.Dashboard("tiny-llama", seq_len=32, n_eval=2, n_calib=2, latency_tokens=8,
+                                latency_runs=2, threads=1, cache_dir=d.cache_dir,
+                                model=d.model, tokenizer=d.tokenizer)
+    explorer = again.open("03")
+    assert explorer.point("weight norm", 1 / 3) == d.explorers["03"].cache[("weight norm", round(1 / 3, 4))]
+    assert explorer.measurements == 0 and explorer.disk_hits >= 2
 
 
 def test_shown_points_equal_the_library(tiny_dashboard):

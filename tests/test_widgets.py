@@ -116,3 +116,63 @@ def test_fifty_rapid_changes_end_right_and_leak_nothing(setup):
 def test_slider_does_not_measure_while_dragging(setup):
     _, explorer, _ = setup
     assert explorer.slider.continuous_update is False
+
+
+# ------------------------------------------------ honest explorers: grid, spread, axis, cache
+from course_lib.teaching.widgets import grid_step  # noqa: E402
+
+
+def test_the_slider_grid_holds_every_point_and_the_start_value():
+    model, tokenizer = models.load("tiny-llama")
+    windows = data.make_windows(tokenizer, data.load_text(), seq_len=16, n_eval=1, n_calib=0).eval
+    explorer = Explorer(model, windows, prune, amount_max=0.7, step=0.2, value=0.5,
+                        grid=(0.3, 0.5, 0.7), latency_tokens=8, latency_runs=2)
+    assert {0.0, 0.3, 0.5, 0.7} <= set(explorer.grid)
+    assert explorer.slider.value == 0.5 and ("magnitude", 0.5) in explorer.cache
+    assert grid_step([1 / 3, 2 / 3], 1 / 9) == pytest.approx(1 / 9)
+    assert grid_step([0.25, 0.75], 0.25) == 0.25  # an already fitting step is kept
+
+
+def test_each_point_is_timed_beside_dense_and_shows_its_spread(setup):
+    _, explorer, _ = setup
+    explorer.slider.value = 0.5
+    p = explorer.cache[("magnitude", 0.5)]
+    assert p.runs == explorer.latency_runs and p.dense_latency_ms > 0  # one interleaved call
+    assert p.speedup_low <= p.speedup <= p.speedup_high
+    assert f"[{p.speedup_low:.2f}-{p.speedup_high:.2f}, {p.verdict}]" in explorer.text
+    assert "on 2x32 tokens" in explorer.text  # the perplexity says which windows
+    fig = explorer.figure()
+    speed_axis = fig.axes[1]
+    low, high = speed_axis.get_ylim()
+    assert low <= 0.5 and high >= 1.5  # 1.0 always shown, never a magnified sliver of noise
+    assert speed_axis.containers, "the spread is drawn (error bars)"
+    assert "windows" not in fig.axes[0].get_ylabel() and "2x32" in fig.axes[0].get_ylabel()
+
+
+def test_a_second_session_reuses_the_points_from_disk(tmp_path):
+    model, tokenizer = models.load("tiny-llama")
+    windows = data.make_windows(tokenizer, data.load_text(), seq_len=16, n_eval=2, n_calib=0).eval
+    kwargs = dict(methods=("magnitude", "random"), latency_tokens=8, latency_runs=2,
+                  cache_dir=tmp_path, model_name="tiny-llama")
+    first = Explorer(model, windows, prune, **kwargs)
+    first.point("random", 0.4)
+    assert first.measurements == 2 and first.disk_hits == 0
+    second = Explorer(model, windows, prune, **kwargs)  # a new session: nothing in memory
+    again = second.point("random", 0.4)
+    assert second.measurements == 0 and second.disk_hits == 2
+    assert again == first.cache[("random", 0.4)]
+    other_windows = Explorer(model, windows[:1], prune, **kwargs)  # other windows: measured anew
+    assert other_windows.measurements == 1 and other_windows.disk_hits == 0
+
+
+def test_precompute_fills_the_grid_in_the_background(setup):
+    _, explorer, _ = setup
+    explorer.slider.max, explorer.slider.step = 0.4, 0.2
+    thread = explorer.precompute(methods=("magnitude", "random"))
+    thread.join(timeout=300)
+    assert not thread.is_alive()
+    for method in ("magnitude", "random"):
+        for amount in (0.2, 0.4):
+            assert (method, amount) in explorer.cache
+    assert explorer.progress.value == explorer.progress.max == 5
+    assert "ready" in explorer.progress.description and explorer.errors == []

@@ -271,8 +271,8 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
         "bench_seconds": time.perf_counter() - started,
         "section_seconds": seconds,
     }
-    (out / "results.md").write_text(to_markdown(result) + _recovery_section(out)
-                                     + _kept_sections(out / "results.md"))
+    _write_keeping_appended(out / "results.md", to_markdown(result) + _recovery_section(out)
+                            + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     result["files"] = [str(out / "results.md"), str(out / "results.png"), str(out / "results.json")]
@@ -281,12 +281,24 @@ def run_bench(model_name: str = "smollm2-135m", out: str | Path = "bench", quick
     return result
 
 
+APPENDED = "<!-- sections below: measured by bench/explorer_budget.py and bench/owl_allocation.py -->"
+
+
+def _write_keeping_appended(path: Path, text: str) -> None:
+    """Write results.md, keeping the sections other bench scripts appended below ``APPENDED``."""
+    kept = ""
+    if path.exists() and APPENDED in path.read_text():
+        kept = "\n" + path.read_text()[path.read_text().index(APPENDED):]
+    path.write_text(text + kept)
+
+
 def _kept_sections(path: Path) -> str:
     """Sections measured by other scripts (bench/offload_memory.py) survive a rerun."""
     if not path.exists():
         return ""
     import re
-    kept = re.findall(r"\n## Pruning beyond memory.*?(?=\n## |\Z)", path.read_text(), flags=re.S)
+    above = path.read_text().split(APPENDED)[0]  # what sits below APPENDED is kept whole
+    kept = re.findall(r"\n## Pruning beyond memory.*?(?=\n## |\Z)", above, flags=re.S)
     return "".join(kept)
 
 
@@ -294,8 +306,8 @@ def render(out: str | Path = "bench") -> Path:
     """Rewrite OUT/results.md and OUT/results.png from OUT/results.json (no re-measuring)."""
     out = Path(out)
     result = json.loads((out / "results.json").read_text())
-    (out / "results.md").write_text(to_markdown(result) + _recovery_section(out)
-                                     + _kept_sections(out / "results.md"))
+    _write_keeping_appended(out / "results.md", to_markdown(result) + _recovery_section(out)
+                            + _kept_sections(out / "results.md"))
     plot(result, out / "results.png")
     return out / "results.md"
 

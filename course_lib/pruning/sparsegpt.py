@@ -84,6 +84,24 @@ def inverse_cholesky(H: torch.Tensor, percdamp: float = 0.01, name: str = "layer
 
 
 @torch.no_grad()
+def column_step(W: torch.Tensor, U: torch.Tensor, i: int, prune: torch.Tensor) -> torch.Tensor:
+    """One column of SparseGPT, written plainly (``sparsegpt_layer`` does the same, batched).
+
+    ``W``: (out, in) weights; ``U``: the upper Cholesky factor of H^-1; ``prune``: a bool
+    per row, True where the weight ``W[r, i]`` of column ``i`` is removed. For each pruned
+    weight w, the error err = w / U_ii is subtracted, scaled by row i of U, from the row's
+    columns i and later: W[r, j] -= err_r * U[i, j] for j >= i. Column i of a pruned row
+    lands on exactly 0 (the update makes it w - w / U_ii * U_ii); kept weights of column i
+    are untouched, earlier columns never change. Returns a new tensor.
+    """
+    W = W.clone()
+    err = torch.where(prune, W[:, i] / U[i, i], torch.zeros_like(W[:, i]))
+    W[:, i:] -= err.unsqueeze(1) * U[i, i:].unsqueeze(0)
+    W[prune, i] = 0.0  # exact zeros (the update leaves rounding residues)
+    return W
+
+
+@torch.no_grad()
 def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pattern=None,
                     blocksize: int = 128, percdamp: float = 0.01, segments: list[int] | None = None,
                     name: str = "layer", update_block: int = 16) -> tuple[torch.Tensor, torch.Tensor]:

@@ -236,3 +236,142 @@ def check_2_4_mask(fn: Callable[[torch.Tensor], torch.Tensor]) -> CheckResult:
             return CheckResult(False, "2 per group, but not the 2 largest |w|: groups are 4 consecutive "
                                       "*input* columns of one row (reshape to (rows, cols // 4, 4)).")
     return CheckResult(True, "4 hidden matrices: 2 of every 4 kept, always the largest.")
+
+
+# ------------------------------------------------------------- lesson 5: Wanda's score
+def check_wanda_mask(fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> CheckResult:
+    """``fn(weight, inputs, sparsity)``: bool keep-mask by Wanda's score |W_ij| * ||X_j||_2, per row.
+
+    ``inputs`` is (tokens, in_features). Compared with ``pruning.wanda`` on hidden matrices.
+    """
+    from ..pruning import masks, wanda
+
+    generator = torch.Generator().manual_seed(11)
+    for rows, cols, tokens, sparsity in ((4, 8, 5, 0.5), (6, 16, 9, 0.25), (3, 12, 7, 0.75), (8, 32, 20, 0.5)):
+        w = torch.randn(rows, cols, generator=generator)
+        x = torch.randn(tokens, cols, generator=generator) * torch.rand(cols, generator=generator).pow(3) * 10
+        w_before, x_before = w.clone(), x.clone()
+        out, error = _run(fn, w, x, sparsity)
+        if error is not None:
+            return error
+        if (bad := _tensor_check(out, w.shape)) is not None:
+            return bad
+        if not (torch.equal(w, w_before) and torch.equal(x, x_before)):
+            return CheckResult(False, "your function changed its inputs: build the mask, leave W and X alone.")
+        keep = out.bool()
+        sq = x.pow(2).sum(0)
+        want = masks.scores_to_mask(wanda.wanda_scores(w, sq), sparsity, "row")
+        if torch.equal(keep, want):
+            continue
+        n_keep = int(want[0].sum())
+        kept = keep.sum(1)
+        if kept.min() != kept.max() or int(kept[0]) != n_keep:
+            if int(keep.sum()) == int(want.sum()):
+                return CheckResult(False, "the right number of weights overall, but not in every row: Wanda "
+                                          "compares weights *within each output row* (top-k along dim=1).")
+            return CheckResult(False, f"row 0 keeps {int(kept[0])} of {cols} weights; at sparsity {sparsity} "
+                                      f"each row keeps {n_keep}.")
+        like = lambda score: torch.equal(keep, masks.scores_to_mask(score, sparsity, "row"))  # noqa: E731
+        if like(w.abs()):
+            return CheckResult(False, "this is magnitude pruning: the score must also weigh each weight by "
+                                      "the norm of its input channel, ||X_j||_2 = sqrt(sum over tokens of x_j^2).")
+        if like(w.abs() * sq.unsqueeze(0)):
+            return CheckResult(False, "you weighed by the sum of squares: take its square root, ||X_j||_2.")
+        if like(w.abs() * x.abs().sum(0).unsqueeze(0)) or like(w.abs() * x.abs().mean(0).unsqueeze(0)):
+            return CheckResult(False, "||X_j||_2 is the L2 norm over tokens (sqrt of the sum of squares), "
+                                      "not the sum of absolute values.")
+        if like(w * sq.sqrt().unsqueeze(0)):
+            return CheckResult(False, "take |W_ij| (the absolute value): a large negative weight matters too.")
+        if like(-wanda.wanda_scores(w, sq)):
+            return CheckResult(False, "you kept the lowest scores: keep the highest, prune the lowest.")
+        return CheckResult(False, "the mask differs from Wanda's: score |W_ij| * ||X_j||_2 (X's column j, over "
+                                  "tokens), then keep the top (1 - sparsity) of every row.")
+    return CheckResult(True, "4 hidden layers: your mask equals course_lib's Wanda mask.")
+
+
+# ------------------------------------------------------------- lesson 5: one SparseGPT step
+def check_sparsegpt_step(fn: Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor]) -> CheckResult:
+    """``fn(W, U, i, prune)``: prune column ``i`` where ``prune`` is True and compensate the later columns.
+
+    Compared with ``pruning.sparsegpt.column_step`` on hidden layers and Hessians.
+    """
+    from ..pruning import sparsegpt
+
+    generator = torch.Generator().manual_seed(13)
+    for rows, cols, i in ((3, 6, 0), (4, 8, 3), (5, 10, 9), (6, 12, 5)):
+        w = torch.randn(rows, cols, generator=generator, dtype=torch.float64)
+        x = torch.randn(4 * cols, cols, generator=generator, dtype=torch.float64)
+        U = sparsegpt.inverse_cholesky(2 * x.t() @ x / len(x))
+        prune = torch.rand(rows, generator=generator) < 0.5
+        prune[0], prune[-1] = True, False
+        w_before = w.clone()
+        out, error = _run(fn, w, U, i, prune)
+        if error is not None:
+            return error
+        if (bad := _tensor_check(out, w.shape)) is not None:
+            return bad
+        if not torch.equal(w, w_before):
+            return CheckResult(False, "your function changed W in place: work on a copy (W.clone()).")
+        want = sparsegpt.column_step(w, U, i, prune)
+        if torch.allclose(out.double(), want, atol=1e-8):
+            continue
+        out = out.double()
+        if not torch.equal(out[:, :i], w[:, :i]):
+            return CheckResult(False, f"columns left of {i} changed: they were pruned and compensated already; "
+                                      f"only columns j >= i move.")
+        if (out[prune, i] != 0).any():
+            return CheckResult(False, "a pruned weight of column i is not exactly 0: set W[prune, i] = 0 "
+                                      "after the update.")
+        if not torch.equal(out[~prune], w[~prune]):
+            return CheckResult(False, "a row whose weight you keep changed: only pruned rows get an error "
+                                      "to compensate (err = 0 where prune is False).")
+        err = w[:, i] / U[i, i]
+        zeroed = w.clone()
+        zeroed[prune, i] = 0
+        if torch.allclose(out, zeroed):
+            return CheckResult(False, "you zeroed the weights but the later columns did not move: subtract "
+                                      "err * U[i, j] from each column j > i, with err = w / U[i, i] (row i of U, "
+                                      "U[i, i:]; its column U[i:, i] is zero below the diagonal).")
+        err = w[:, i] / U[i, i]
+        plus = w.clone()
+        plus[:, i:] += (err * prune).unsqueeze(1) * U[i, i:].unsqueeze(0)
+        if torch.allclose(out[:, i + 1:], plus[:, i + 1:]):
+            return CheckResult(False, "the later columns moved the wrong way: *subtract* err * U[i, j].")
+        bare = w.clone()
+        bare[:, i:] -= (w[:, i] * prune).unsqueeze(1) * U[i, i:].unsqueeze(0)
+        if torch.allclose(out[:, i + 1:], bare[:, i + 1:]):
+            return CheckResult(False, "the error is w / U[i, i], not w: divide by the diagonal entry of U.")
+        return CheckResult(False, "the compensated columns differ from SparseGPT's: for pruned rows, "
+                                  "err = W[:, i] / U[i, i] and W[:, j] -= err * U[i, j] for every j >= i.")
+    return CheckResult(True, "4 hidden layers: your step equals course_lib's SparseGPT column step.")
+
+
+# ------------------------------------------------------------- lesson 5: the allocation challenge
+def check_allocation(model, windows: torch.Tensor, sparsities, target: float) -> CheckResult:
+    """Measure a per-layer allocation against uniform pruning (magnitude scores) at the same total."""
+    from ..core import metrics
+    from ..pruning import allocation
+
+    try:
+        s = allocation.check_allocation(model, sparsities)
+    except (ValueError, TypeError) as err:
+        return CheckResult(False, str(err))
+    total = allocation.total_sparsity(model, s)
+    if abs(total - target) > 0.005:
+        return CheckResult(False, f"your allocation prunes {total:.1%} of the decoder weights in total, not "
+                                  f"{target:.0%}: a fair comparison with uniform needs the same total "
+                                  f"(raise some layers where you lowered others).")
+    result = {}
+    for label, alloc in (("uniform", [target] * len(s)), ("yours", s)):
+        handle = allocation.prune_layers(model, alloc)
+        try:
+            result[label] = metrics.perplexity(model, windows)
+        finally:
+            handle.restore()
+    gain = 1 - result["yours"] / result["uniform"]
+    text = (f"perplexity {result['yours']:.2f} with your allocation, {result['uniform']:.2f} uniform, "
+            f"both {target:.0%} in total")
+    if gain > 0:
+        return CheckResult(True, f"{text}: {gain:.1%} lower than uniform.")
+    return CheckResult(False, f"{text}: {-gain:.1%} higher than uniform. Prune the layers the scan "
+                              "found sensitive less, and the tolerant ones more.")

@@ -99,3 +99,22 @@ def stacked_shares(shares: dict[str, dict[str, float]], title: str = ""):
     ax.set(ylabel="share of dense FLOPs per token", title=title)
     ax.legend(fontsize=8, loc="upper right")
     return _finish(fig)
+
+
+def sensitivity(scan: np.ndarray, layers: Sequence[int], sparsities: Sequence[float], dense: float,
+                title: str = "perplexity with one layer pruned"):
+    """Heatmap of a per-layer sensitivity scan: rows = layers, columns = sparsities,
+    colour = log of perplexity / dense (0: no harm), each cell labelled with its perplexity."""
+    scan = np.asarray(scan, dtype=float)
+    harm = np.log(scan / dense)
+    fig, ax = plt.subplots(figsize=(1.4 * len(sparsities) + 2.4, 0.42 * len(layers) + 1.3))
+    image = ax.imshow(harm, aspect="auto", cmap="magma_r", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.05, label="log(perplexity / dense)")
+    for r in range(scan.shape[0]):
+        for c in range(scan.shape[1]):
+            ax.text(c, r, f"{scan[r, c]:.1f}", ha="center", va="center", fontsize=8,
+                    color="white" if harm[r, c] > harm.max() / 2 else "black")
+    ax.set_xticks(range(len(sparsities)), [f"{s:.0%}" for s in sparsities])
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set(title=title, xlabel="sparsity of that layer alone", ylabel="decoder layer")
+    return _finish(fig)
