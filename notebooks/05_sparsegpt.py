@@ -45,6 +45,7 @@ from course_lib.teaching.widgets import Explorer
 
 run = lesson.start(MODEL, device=DEVICE, n_eval=N_EVAL, n_calib=N_CALIB)
 model, calib = run.model, run.windows.calib
+geo = arch.geometry(model)  # layer count and projection names, read from the model
 
 # %%
 dense_ppl = run.perplexity()
@@ -53,12 +54,12 @@ print(f"dense perplexity: {dense_ppl:.2f}")
 # %% [markdown]
 # ## The mechanism on one matrix
 #
-# Take the MLP's `up_proj` of layer 15 and the inputs it really sees on the
+# Take the MLP's `up_proj` of the middle layer and the inputs it really sees on the
 # calibration text. Prune it to 50% three ways and measure how far its outputs
 # move: `||(W - W_pruned) X|| / ||W X||`.
 
 # %%
-name = "model.layers.15.mlp.up_proj"
+name = geo.mlp_module(geo.middle_layer(), geo.mlp_projections[-2])  # up_proj (GPT-2: c_fc)
 errors = one_layer.compare_methods(model, name, calib, sparsity=0.5)
 errors_24 = one_layer.compare_methods(model, name, calib, pattern="2:4")
 for method in errors:
@@ -75,7 +76,7 @@ run.claim("on its own calibration inputs, SparseGPT moves this matrix's outputs 
 # the regular layout that GPU sparse tensor cores execute.
 
 # %%
-weight = dict(model.named_modules())[name].weight.detach()
+weight = arch.weight_matrix(model.get_submodule(name)).detach()
 mask_24 = masks.nm_mask(weight.abs(), 2, 4)
 per_group = mask_24.reshape(weight.shape[0], -1, 4).sum(-1)
 print(f"kept per group of 4: min {per_group.min().item()}, max {per_group.max().item()}")
