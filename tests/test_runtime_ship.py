@@ -74,7 +74,7 @@ def exported(tiny, tmp_path_factory):
 
 def test_onnx_logits_equal_pytorch_within_tolerance_at_other_shapes(tiny, exported):
     model, _, windows = tiny
-    session = export.OrtPrefill(exported)
+    session = export.OrtModel(exported)
     # a batch and a length the export never saw: the axes are dynamic
     gap = export.max_logit_gap(model, session, windows.eval[:3, :21])
     assert gap < export.LOGIT_TOLERANCE
@@ -88,7 +88,7 @@ def test_ort_quantization_rewrites_the_matmuls_and_keeps_quality(tiny, exported,
     model, _, windows = tiny
     target = exported.with_name(f"tiny-{method}{bits}.onnx")
     export.quantize_onnx(exported, target, method, bits)
-    session = export.OrtPrefill(target)
+    session = export.OrtModel(target)
     ops = session.op_types()
     assert ops.get(op, 0) == len(quantize.decoder_linear_names(model)) + 1  # + the lm_head
     if method == "nbits":
@@ -107,7 +107,7 @@ def test_bad_ort_settings_are_clear_errors(exported, tmp_path):
 def test_a_missing_runtime_names_the_package_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(optional.MissingRuntimeError, match="pip install onnxruntime"):
-        export.OrtPrefill(tmp_path / "missing.onnx")
+        export.OrtModel(tmp_path / "missing.onnx")
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)
     with pytest.raises(optional.MissingRuntimeError, match="pip install torchao"):
         quantize.quantized_copy(torch.nn.Module(), "torchao-int8-weight")
@@ -175,3 +175,16 @@ def test_refit_down_is_the_least_squares_solution(tiny):
     reference = torch.linalg.lstsq(h[:, keep], target).solution.T  # the library's least squares
     assert err(refit) < before
     assert err(refit) == pytest.approx(err(reference), rel=1e-3)
+
+
+def test_onnx_runtime_decodes_with_its_cache_like_generate(tiny, exported):
+    model, tokenizer, windows = tiny
+    session = export.OrtModel(exported)
+    prompt = windows.eval[:1, :10]
+    with torch.no_grad():
+        reference = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                   pad_token_id=0)[0, 10:].tolist()
+    assert session.generate(prompt, 6) == reference
+    decode, prefill = session.decode_workload(context=8, new_tokens=3, vocab=model.config.vocab_size)
+    prefill()
+    decode()  # runs: the workload is well formed for timing.time_side_by_side

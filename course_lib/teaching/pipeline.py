@@ -31,9 +31,9 @@ from torch import nn
 
 from ..core import arch, data, metrics, models, timing
 from ..pruning import mlp, recipes
-from ..runtime import export, quantize, serve, store
+from ..runtime import export, quantize, serve, speed, store
 
-STAGES = ("dense", "pruned", "recovered", "int8 (PyTorch)", "ONNX Runtime", "served")
+STAGES = ("dense", "pruned", "recovered", "int8 (PyTorch)", "ONNX Runtime", "shipped")
 DEFAULT_FRACTION = 0.25  # MLP neurons removed per layer (lesson 4's best-measured recipe)
 
 
@@ -118,3 +118,122 @@ def table(rows: list[StageResult]) -> str:
         lines.append(f"{r.stage:<16}{r.perplexity:>11.2f}{pre:>10}{dec:>9}{r.disk_bytes / 1e6:>9.1f}"
                      f"{r.seconds:>9.1f}  {r.note}")
     return "\n".join(lines)
+
+
+def fingerprint(model: nn.Module) -> str:
+    """A short hash of the weights (and their shapes): the name of a cached export."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(str(tuple(p.shape)).encode())
+            digest.update(p.detach().float().flatten()[:: max(1, p.numel() // 4096)].cpu().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def cached_export(model: nn.Module, folder: str | Path, bits: int = 8) -> tuple[Path, Path, float]:
+    """(float ONNX file, ``nbits``-quantized ONNX file, seconds spent): reused when the weights match."""
+    folder = Path(folder)
+    key = fingerprint(model)
+    fp32, int8 = folder / f"{key}.onnx", folder / f"{key}-nbits{bits}.onnx"
+    started = time.perf_counter()
+    if not fp32.exists():
+        tmp = fp32.with_suffix(".tmp.onnx")
+        export.export_onnx(model, tmp)
+        tmp.replace(fp32)
+    if not int8.exists():
+        tmp = int8.with_suffix(".tmp.onnx")
+        export.quantize_onnx(fp32, tmp, "nbits", bits)
+        tmp.replace(int8)
+    return fp32, int8, time.perf_counter() - started
+
+
+@dataclass
+class Shipped:
+    """Everything the pipeline produced: the table rows, the models and sessions, the files."""
+
+    rows: list[StageResult]
+    models: dict
+    files: dict
+    prefill: dict
+    decode: dict
+
+
+def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float = DEFAULT_FRACTION,
+        keep_float: int = 8, bits: int = 8, tokens: int = 128, runs: int = 5, decode_context: int = 32,
+        decode_tokens: int = 16, decode_runs: int = 3, threads: int = 2, log=print) -> Shipped:
+    """Dense -> pruned -> recovered -> int8 (PyTorch) -> ONNX Runtime -> ONNX Runtime int8 (shipped).
+
+    ``model`` stays untouched (every stage is a copy). Files go to ``folder``;
+    ONNX files are reused when the weights match (``cached_export``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    seconds, notes, files, stages = {}, {}, {}, {"dense": model}
+
+    started = time.perf_counter()
+    scores = mlp.neuron_importance_activation(model, windows.calib)
+    pruned = copy.deepcopy(model)
+    mlp.remove_neurons(pruned, recipes.neurons_request(pruned, fraction, scores=scores))
+    stages["pruned"], seconds["pruned"] = pruned, time.perf_counter() - started
+    notes["pruned"] = f"{fraction:.0%} of MLP neurons removed (activation score)"
+    log(f"pruned in {seconds['pruned']:.1f} s")
+
+    started = time.perf_counter()
+    recovered = copy.deepcopy(pruned)
+    refit_down(model, recovered, windows.calib)
+    stages["recovered"], seconds["recovered"] = recovered, time.perf_counter() - started
+    notes["recovered"] = "down_proj refitted by least squares (closed form)"
+    log(f"recovered in {seconds['recovered']:.1f} s")
+
+    started = time.perf_counter()
+    ratios = quantize.activation_outlier_ratio(recovered, windows.calib)
+    sensitive = quantize.most_sensitive(ratios, keep_float)
+    int8 = quantize.quantized_copy(recovered, "dynamic", keep_float=sensitive)
+    stages["int8 (PyTorch)"], seconds["int8 (PyTorch)"] = int8, time.perf_counter() - started
+    notes["int8 (PyTorch)"] = f"torch.ao dynamic int8, {keep_float} outlier projections kept float"
+    log(f"int8 in {seconds['int8 (PyTorch)']:.1f} s")
+
+    fp32_file, int8_file, spent = cached_export(recovered, folder / "onnx", bits)
+    seconds["ONNX Runtime"], seconds["shipped"] = spent, 0.0
+    stages["ONNX Runtime"] = export.OrtModel(fp32_file, threads)
+    stages["shipped"] = export.OrtModel(int8_file, threads)
+    notes["ONNX Runtime"] = "recovered model exported to ONNX (float32)"
+    notes["shipped"] = f"ONNX Runtime MatMulNBits {bits}-bit weights, 4-bit embedding"
+    log(f"exported and quantized in {spent:.1f} s")
+
+    seconds["dense"] = 0.0
+    files["dense"] = store.save_safetensors(model, folder / "dense.safetensors")
+    files["pruned"] = store.save_safetensors(pruned, folder / "pruned.safetensors")
+    files["recovered"] = store.save_safetensors(recovered, folder / "recovered.safetensors")
+    files["int8 (PyTorch)"] = store.save_torch(int8, folder / "int8.pt")
+    files["ONNX Runtime"], files["shipped"] = fp32_file, int8_file
+
+    ppl = {}
+    for label, m in stages.items():
+        if isinstance(m, export.OrtModel):
+            ppl[label] = export.ort_perplexity(m, windows.eval)
+        else:
+            ppl[label] = metrics.perplexity(m, windows.eval)
+    log("perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in ppl.items()))
+
+    vocab = model.config.vocab_size
+    ids = timing._token_batch(model, 1, tokens)
+    prefill_fns = {label: ((lambda m=m: m(ids)) if isinstance(m, export.OrtModel)
+                           else (lambda m=m: m(ids, use_cache=False))) for label, m in stages.items()}
+    prefill = timing.time_side_by_side(prefill_fns, runs=runs, warmup=2, threads=threads)
+    torch_models = {k: m for k, m in stages.items() if not isinstance(m, export.OrtModel)}
+    fns, setup = speed.decode_workloads(torch_models, decode_context, decode_tokens)
+    for label, m in stages.items():
+        if isinstance(m, export.OrtModel):
+            fns[label], setup[label] = m.decode_workload(decode_context, decode_tokens, vocab)
+    decode = timing.time_side_by_side(fns, setup=setup, runs=decode_runs, warmup=1, threads=threads,
+                                      per=decode_tokens)
+
+    rows = [StageResult(label, ppl[label], timing.speedup(prefill["dense"], prefill[label]),
+                        timing.speedup(decode["dense"], decode[label]), metrics.file_bytes(files[label]),
+                        seconds[label], notes.get(label, "float32 PyTorch"))
+            for label in stages]
+    return Shipped(rows, stages, files, prefill, decode)
