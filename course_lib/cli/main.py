@@ -12,7 +12,7 @@ import time
 import torch
 
 from ..core import arch, data, metrics, models, timing
-from . import bench, prune
+from . import bench, prune, ship
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
     prune.register(sub, _common, _eval_args)
     bench.register(sub)
+    ship.register(sub, _common)
     return parser
 
 

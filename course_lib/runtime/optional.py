@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 
 
-class MissingRuntimeError(ImportError):
-    """An optional package this step needs is not installed."""
+class MissingRuntimeError(ImportError, RuntimeError):
+    """An optional package this step needs is not installed (the CLI reports it and exits 2)."""
 
 
 def require(module: str, package: str | None = None, what: str = "this step"):

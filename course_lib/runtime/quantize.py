@@ -134,3 +134,30 @@ def quantized_names(model: nn.Module) -> list[str]:
         if weight is not None and type(weight.data) is not torch.Tensor:  # torchao's Int8Tensor
             out.append(name)
     return out
+
+
+def quantize_in_place(model: nn.Module, names) -> "PruneHandle":
+    """Swap the named projections for torch.ao's dynamic int8 ``Linear``; ``restore()`` swaps back.
+
+    The live explorer's step: the float modules are kept by the handle, so the
+    model returns bit for bit to float32.
+    """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.quantization import default_dynamic_qconfig
+
+    from ..pruning.undo import PruneHandle
+
+    handle = PruneHandle("int8 dynamic")
+    modules = dict(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            linear = modules[name]
+            linear.qconfig = default_dynamic_qconfig
+            try:
+                swapped = DynamicLinear.from_float(linear)
+            finally:
+                del linear.qconfig
+            parent_name, _, child = name.rpartition(".")
+            handle.set_attr(modules[parent_name], child, swapped)
+    return handle

@@ -45,8 +45,8 @@ def mlp_gram(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> li
 
     def make_hook(i):
         def hook(module, args):
-            h = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            g = h.T @ h
+            h = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            g = (h.T @ h).double()  # float32 products (fast), float64 sums (a stable solve)
             grams[i] = g if grams[i] is None else grams[i] + g
         return hook
 
@@ -211,6 +211,17 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
     files["int8 (PyTorch)"] = store.save_torch(int8, folder / "int8.pt")
     files["ONNX Runtime"], files["shipped"] = fp32_file, int8_file
 
+    return measure(stages, files, windows, seconds, notes, tokens, runs, decode_context, decode_tokens,
+                   decode_runs, threads, log)
+
+
+def measure(stages: dict, files: dict, windows: data.Windows, seconds: dict | None = None,
+            notes: dict | None = None, tokens: int = 128, runs: int = 5, decode_context: int = 32,
+            decode_tokens: int = 16, decode_runs: int = 3, threads: int = 2, log=print) -> Shipped:
+    """Measure every stage against ``stages["dense"]``: perplexity, prefill and decode latency
+    (each one interleaved call over all stages, ``timing.speedup``), bytes of ``files[stage]``."""
+    seconds, notes = seconds or {}, notes or {}
+    model = stages["dense"]
     ppl = {}
     for label, m in stages.items():
         if isinstance(m, export.OrtModel):
@@ -234,6 +245,6 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
 
     rows = [StageResult(label, ppl[label], timing.speedup(prefill["dense"], prefill[label]),
                         timing.speedup(decode["dense"], decode[label]), metrics.file_bytes(files[label]),
-                        seconds[label], notes.get(label, "float32 PyTorch"))
+                        seconds.get(label, 0.0), notes.get(label, "float32 PyTorch"))
             for label in stages]
     return Shipped(rows, stages, files, prefill, decode)

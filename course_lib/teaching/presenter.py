@@ -1,4 +1,4 @@
-"""The presenter dashboard: the five lessons' explorers on one page, for a projector.
+"""The presenter dashboard: the six lessons' explorers on one page, for a projector.
 
 ``make present`` serves ``presenter/dashboard.ipynb`` with Voilà (code hidden,
 widgets only) on localhost; that notebook just shows ``Dashboard()``.
@@ -124,6 +124,15 @@ def prune_unstructured(scores, model, method, sparsity):
     return masks.random_prune(model, sparsity)
 
 
+def prune_int8(scores, model, order, fraction):
+    """06: a fraction of the projections to dynamic int8, fewest activation outliers first or in order."""
+    from ..runtime import quantize
+
+    ratios = scores.outliers
+    names = sorted(ratios, key=ratios.get) if order == "fewest outliers first" else list(ratios)
+    return quantize.quantize_in_place(model, names[: round(fraction * len(names))])
+
+
 SECTIONS = (
     Section("01", "heads zeroed",
             "Heads switched off by zeroing their weights. Quality drops, but the matrices "
@@ -147,6 +156,10 @@ SECTIONS = (
             "Single weights set to zero: magnitude keeps quality far longer than random, "
             "yet dense kernels run just as long. (Wanda and SparseGPT: lesson 05.)",
             ("magnitude", "random"), "sparsity", 0.9, 0.1, prune_unstructured),
+    Section("06", "int8 projections",
+            "Projections switched to int8 (weights and activations). Those whose inputs have "
+            "outliers lose the most quality: quantize the quiet ones first.",
+            ("fewest outliers first", "layer order"), "fraction int8", 1.0, 0.25, prune_int8),
 )
 
 
@@ -159,7 +172,16 @@ class Scores:
 
     def __init__(self, model, calib: torch.Tensor, seed: int = 0):
         self.model, self.calib, self.seed = model, calib, seed
-        self._heads = self._neurons = None
+        self._heads = self._neurons = self._outliers = None
+
+    @property
+    def outliers(self) -> dict:
+        """max|x| / mean|x| at each projection's input (lesson 06)."""
+        if self._outliers is None:
+            from ..runtime import quantize
+
+            self._outliers = quantize.activation_outlier_ratio(self.model, self.calib)
+        return self._outliers
 
     @property
     def heads(self) -> dict:
