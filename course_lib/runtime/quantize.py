@@ -35,12 +35,16 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..core import arch
 from .optional import require
+
+if TYPE_CHECKING:
+    from ..pruning.undo import PruneHandle
 
 SCHEMES = ("dynamic", "torchao-int8-weight", "torchao-int8-dynamic")
 

@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core import arch, data, metrics, models, timing
+from ..core import arch, data, metrics, timing
 from ..pruning import mlp, recipes
-from ..runtime import export, quantize, serve, speed, store
+from ..runtime import export, quantize, speed, store
 
 STAGES = ("dense", "pruned", "recovered", "int8 (PyTorch)", "ONNX Runtime", "shipped")
 DEFAULT_FRACTION = 0.25  # MLP neurons removed per layer (lesson 4's best-measured recipe)
