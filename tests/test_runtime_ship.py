@@ -239,3 +239,17 @@ def test_ship_cli_bad_input_exits_2_without_traceback(bad, needle):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert needle in out.stderr and "Traceback" not in out.stderr
+
+
+def test_presenter_int8_tab_quantizes_the_quiet_projections_first_and_restores(tiny):
+    from course_lib.teaching import presenter
+
+    model, _, windows = tiny
+    scores = presenter.Scores(model, windows.calib)
+    handle = presenter.prune_int8(scores, model, "fewest outliers first", 0.5)
+    chosen = quantize.quantized_names(model)
+    ratios = scores.outliers
+    assert len(chosen) == round(0.5 * len(ratios))
+    assert max(ratios[n] for n in chosen) <= min(ratios[n] for n in ratios if n not in chosen)
+    handle.restore()
+    assert quantize.quantized_names(model) == []
