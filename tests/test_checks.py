@@ -129,3 +129,18 @@ def test_strip_solutions_keeps_the_signature_and_indentation():
         namespace["f"](1)
     with pytest.raises(ValueError, match="unbalanced"):
         student.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+def int8_rows(w):
+    scale = w.abs().amax(dim=1) / 127
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def test_int8_rows_check():
+    assert checks.check_int8_rows(int8_rows)
+    assert "not written yet" in str(checks.check_int8_rows(stub))
+    per_tensor = lambda w: (torch.round(w / (w.abs().max() / 127)).to(torch.int8), w.abs().max() / 127)  # noqa: E731
+    assert "one scale per output row" in str(checks.check_int8_rows(per_tensor))
+    truncated = lambda w: ((w / int8_rows(w)[1][:, None]).trunc().to(torch.int8), int8_rows(w)[1])  # noqa: E731
+    assert "round to the nearest" in str(checks.check_int8_rows(truncated))
+    assert "torch.int8" in str(checks.check_int8_rows(lambda w: (int8_rows(w)[0].float(), int8_rows(w)[1])))

@@ -150,3 +150,16 @@ def storage_bytes(model: nn.Module, value_bytes: int = 4) -> dict[str, int]:
     return {"dense": numel * value_bytes,
             "csr": nnz * (value_bytes + 4) + row_pointers,
             "bitmask": nnz * value_bytes + (numel + 7) // 8}
+
+
+def file_bytes(path) -> int:
+    """Bytes on disk of a file, or of every file under a folder, read with ``os.stat``."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_file():
+        return os.stat(path).st_size
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: save the model there first.")
+    return sum(os.stat(p).st_size for p in path.rglob("*") if p.is_file())

@@ -375,3 +375,38 @@ def check_allocation(model, windows: torch.Tensor, sparsities, target: float) ->
         return CheckResult(True, f"{text}: {gain:.1%} lower than uniform.")
     return CheckResult(False, f"{text}: {-gain:.1%} higher than uniform. Prune the layers the scan "
                               "found sensitive less, and the tolerant ones more.")
+
+
+# ------------------------------------------------------------- lesson 6: int8 with one scale per row
+def check_int8_rows(fn: Callable[[torch.Tensor], tuple]) -> CheckResult:
+    """``fn(weight)`` returns ``(q, scale)``: int8 ``q`` and one float scale per output row,
+    symmetric (``weight ~ q * scale[:, None]``, ``q`` in [-127, 127], the row's max |w| -> 127)."""
+    generator = torch.Generator().manual_seed(6)
+    for rows, cols in ((3, 8), (6, 32), (1, 5)):
+        w = torch.randn(rows, cols, generator=generator) * torch.logspace(-2, 1, rows).unsqueeze(1)
+        out, error = _run(fn, w)
+        if error is not None:
+            return error
+        if not (isinstance(out, tuple) and len(out) == 2):
+            return CheckResult(False, f"return a pair (q, scale); got {type(out).__name__}.")
+        q, scale = out
+        if not isinstance(q, torch.Tensor) or q.dtype != torch.int8:
+            return CheckResult(False, f"q should be a torch.int8 tensor; got "
+                                      f"{getattr(q, 'dtype', type(q).__name__)} (use .round().to(torch.int8)).")
+        if q.shape != w.shape:
+            return CheckResult(False, f"q has shape {tuple(q.shape)}, the weight {tuple(w.shape)}.")
+        scale = torch.as_tensor(scale).float().reshape(-1)
+        if scale.numel() != rows:
+            return CheckResult(False, f"{scale.numel()} scales for {rows} rows: one scale per output row "
+                                      "(a per-tensor scale is what breaks the rows with small weights).")
+        if int(q.abs().max()) > 127:
+            return CheckResult(False, "q leaves [-127, 127]: divide by max|w| / 127 of the row.")
+        expected = w.abs().amax(dim=1) / 127
+        if not torch.allclose(scale, expected, rtol=1e-4):
+            return CheckResult(False, "the scale of a row should be max|w of the row| / 127 "
+                                      "(symmetric: the largest weight maps to +-127).")
+        error_max = float(((q.float() * scale[:, None] - w).abs() / scale[:, None]).max())
+        if error_max > 0.5 + 1e-4:
+            return CheckResult(False, f"q * scale misses w by {error_max:.2f} steps; round to the nearest "
+                                      "step (torch.round), do not truncate.")
+    return CheckResult(True, "3 hidden matrices: int8 codes in range, one scale per row, error <= half a step.")

@@ -1,0 +1,184 @@
+"""Shipping a model: int8 in PyTorch, ONNX export and ONNX Runtime, files on disk, serving.
+
+All on tiny random models (seconds). Tolerances are stated once, here:
+- quantized perplexity within QUALITY_FACTOR of float32;
+- ONNX Runtime logits within ``export.LOGIT_TOLERANCE`` of PyTorch's (relative to max |logit|).
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+from course_lib.core import data, metrics, models
+from course_lib.runtime import export, optional, quantize, serve, store
+
+QUALITY_FACTOR = 1.05  # int8 on a tiny random model: perplexity within 5% of float32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = models.load("tiny-llama")
+    windows = data.windows_for(tokenizer, "tiny-llama", seq_len=32, n_eval=4, n_calib=4)
+    return model.eval(), tokenizer, windows
+
+
+@pytest.mark.parametrize("scheme", quantize.SCHEMES)
+def test_quantized_copy_keeps_quality_and_leaves_the_float_model_alone(tiny, scheme):
+    model, _, windows = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fp32 = metrics.perplexity(model, windows.eval)
+    q = quantize.quantized_copy(model, scheme)
+    names = quantize.quantized_names(q)
+    assert len(names) == len(quantize.decoder_linear_names(model)), names
+    assert metrics.perplexity(q, windows.eval) <= QUALITY_FACTOR * fp32
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_keep_float_leaves_the_named_projections_in_float(tiny):
+    model, _, windows = tiny
+    ratios = quantize.activation_outlier_ratio(model, windows.calib)
+    keep = quantize.most_sensitive(ratios, 3)
+    assert [ratios[k] for k in keep] == sorted(ratios.values(), reverse=True)[:3]
+    q = quantize.quantized_copy(model, "dynamic", keep_float=keep)
+    names = quantize.quantized_names(q)
+    assert not set(keep) & set(names) and len(names) == len(ratios) - 3
+    with pytest.raises(ValueError, match="not decoder projections"):
+        quantize.quantized_copy(model, "dynamic", keep_float=["lm_head"])
+    with pytest.raises(ValueError, match="unknown"):
+        quantize.quantized_copy(model, "int3")
+
+
+def test_outlier_ratio_is_max_over_mean_of_the_projection_input(tiny):
+    model, _, windows = tiny
+    name = quantize.decoder_linear_names(model)[0]
+    seen = []
+    handle = dict(model.named_modules())[name].register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].detach().abs().flatten()))
+    with torch.no_grad():
+        model(windows.calib, use_cache=False)
+    handle.remove()
+    x = torch.cat(seen)
+    ratio = quantize.activation_outlier_ratio(model, windows.calib, batch_size=1)[name]  # sums over batches
+    assert ratio == pytest.approx(float(x.max() / x.mean()), rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    model, _, _ = tiny
+    folder = tmp_path_factory.mktemp("onnx")
+    return export.export_onnx(model, folder / "tiny.onnx")
+
+
+def test_onnx_logits_equal_pytorch_within_tolerance_at_other_shapes(tiny, exported):
+    model, _, windows = tiny
+    session = export.OrtModel(exported)
+    # a batch and a length the export never saw: the axes are dynamic
+    gap = export.max_logit_gap(model, session, windows.eval[:3, :21])
+    assert gap < export.LOGIT_TOLERANCE
+    assert export.ort_perplexity(session, windows.eval) == pytest.approx(
+        metrics.perplexity(model, windows.eval), rel=1e-4)
+
+
+@pytest.mark.parametrize("method,bits,op", [("nbits", 8, "MatMulNBits"), ("nbits", 4, "MatMulNBits"),
+                                            ("dynamic", 8, "MatMulInteger")])
+def test_ort_quantization_rewrites_the_matmuls_and_keeps_quality(tiny, exported, method, bits, op):
+    model, _, windows = tiny
+    target = exported.with_name(f"tiny-{method}{bits}.onnx")
+    export.quantize_onnx(exported, target, method, bits)
+    session = export.OrtModel(target)
+    ops = session.op_types()
+    assert ops.get(op, 0) == len(quantize.decoder_linear_names(model)) + 1  # + the lm_head
+    if method == "nbits":
+        assert ops.get("GatherBlockQuantized") == 1  # the embedding, 4-bit
+    assert metrics.file_bytes(target) < metrics.file_bytes(exported)
+    assert export.ort_perplexity(session, windows.eval) <= QUALITY_FACTOR * metrics.perplexity(model, windows.eval)
+
+
+def test_bad_ort_settings_are_clear_errors(exported, tmp_path):
+    with pytest.raises(ValueError, match="unknown"):
+        export.quantize_onnx(exported, tmp_path / "x.onnx", "gptq")
+    with pytest.raises(ValueError, match="4 or 8"):
+        export.quantize_onnx(exported, tmp_path / "x.onnx", "nbits", bits=3)
+
+
+def test_a_missing_runtime_names_the_package_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(optional.MissingRuntimeError, match="pip install onnxruntime"):
+        export.OrtModel(tmp_path / "missing.onnx")
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)
+    with pytest.raises(optional.MissingRuntimeError, match="pip install torchao"):
+        quantize.quantized_copy(torch.nn.Module(), "torchao-int8-weight")
+
+
+def test_file_sizes_are_the_files_sizes(tiny, tmp_path):
+    model, _, _ = tiny
+    path = store.save_safetensors(model, tmp_path / "m" / "model.safetensors")
+    assert metrics.file_bytes(path) == os.path.getsize(path) == len(path.read_bytes())
+    packed = store.compress_file(path, "zstd")
+    zipped = store.compress_file(path, "gzip")
+    assert metrics.file_bytes(tmp_path / "m") == sum(len(p.read_bytes()) for p in (path, packed, zipped))
+    with pytest.raises(FileNotFoundError):
+        metrics.file_bytes(tmp_path / "nothing-here")
+
+
+def test_bitmask_roundtrip_is_exact_and_sparse_files_shrink(tiny, tmp_path):
+    import copy
+
+    model, _, _ = tiny
+    sparse = copy.deepcopy(model)
+    with torch.no_grad():
+        for name in quantize.decoder_linear_names(sparse):
+            w = dict(sparse.named_modules())[name].weight
+            w[torch.rand_like(w) < 0.5] = 0
+    state = store.bitmask_state(sparse)
+    back = store.unpack_bitmask(state)
+    original = sparse.state_dict()
+    assert set(back) <= set(original)
+    assert all(torch.equal(back[k], original[k]) for k in back)
+    dense_file = store.save_safetensors(sparse, tmp_path / "dense.safetensors")
+    bitmask_file = store.save_bitmask(sparse, tmp_path / "bitmask.safetensors")
+    assert metrics.file_bytes(bitmask_file) < 0.8 * metrics.file_bytes(dense_file)
+
+
+def test_quantize_in_place_restores_bit_for_bit(tiny):
+    model, _, windows = tiny
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    names = quantize.decoder_linear_names(model)[:3]
+    handle = quantize.quantize_in_place(model, names)
+    assert quantize.quantized_names(model) == names
+    handle.restore()
+    assert quantize.quantized_names(model) == []
+    after = model.state_dict()
+    assert set(after) == set(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_generate_is_greedy_and_counts_its_tokens(tiny):
+    model, tokenizer, _ = tiny
+    first = serve.generate_text(model, tokenizer, "hello world", new_tokens=12)
+    second = serve.generate_text(model, tokenizer, "hello world", new_tokens=12)
+    assert first.new_tokens == 12 and first.text == second.text
+    assert first.tokens_per_s > 0 and len(first.first_words(3).split()) <= 3
+    with pytest.raises(ValueError, match="new_tokens"):
+        serve.generate_text(model, tokenizer, "hi", new_tokens=0)
+
+
+def test_onnx_runtime_decodes_with_its_cache_like_generate(tiny, exported):
+    model, tokenizer, windows = tiny
+    session = export.OrtModel(exported)
+    prompt = windows.eval[:1, :10]
+    with torch.no_grad():
+        reference = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False,
+                                   pad_token_id=0)[0, 10:].tolist()
+    assert session.generate(prompt, 6) == reference
+    # one decoding step on the cache = the last position of a full forward (positions, mask, cache)
+    import numpy as np
+
+    _, past = session.step(prompt.numpy(), session.empty_past(1))
+    step, _ = session.step(np.array([[5, 7]], dtype=np.int64), past)
+    with torch.no_grad():
+        full = model(torch.cat([prompt, torch.tensor([[5, 7]])], 1), use_cache=False).logits[:, -2:]
+    assert float((torch.from_numpy(step) - full).abs().max() / full.abs().max()) < export.LOGIT_TOLERANCE
+    decode, prefill = session.decode_workload(context=8, new_tokens=3, vocab=model.config.vocab_size)
+    prefill()
+    decode()  # runs: the workload is well formed for timing.time_side_by_side
