@@ -14,7 +14,7 @@ from course_lib.core import data, models
 
 torch.set_num_threads(2)
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 
 
 @pytest.fixture(autouse=True)

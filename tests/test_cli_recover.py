@@ -59,7 +59,7 @@ def test_recover_reports_each_stage(capsys, method, recover):
 @pytest.mark.parametrize("args, message", [
     (["--method", "layers", "--recover", "refit"], "nothing to refit"),
     (["--method", "wanda", "--recover", "distil"], "repairs a structured prune"),
-    (["--method", "mlp", "--recover", "distil", "--steps", "-2"], "--steps -2"),
+    (["--method", "mlp", "--recover", "distil", "--steps", "-2"], "argument --steps: -2 is out of range"),
     (["--method", "layers", "--sparsity", "1.2"], "outside [0, 1)"),
 ])
 def test_bad_recovery_requests_exit_2(capsys, args, message):

@@ -9,7 +9,7 @@ from course_lib.core import arch, metrics, models
 from course_lib.pruning import heads as H
 from course_lib.pruning import mlp as M
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 IMPLS = ["eager", "sdpa"]
 X = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(1))
 

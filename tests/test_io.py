@@ -13,7 +13,7 @@ from course_lib.pruning import io
 from course_lib.pruning import mlp as M
 from course_lib.pruning.undo import PruneHandle
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 X = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
 
 

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 from course_lib.core import arch, models
 from course_lib.pruning import layers as L
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 X = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
 N_LAYERS = 4
 

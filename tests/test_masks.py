@@ -14,7 +14,7 @@ from course_lib.pruning import masks as masks_
 from course_lib.pruning.masks import (apply_masks, check_sparsity, magnitude_prune, nm_mask,
                                       parse_pattern, random_prune, topk_mask)
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 FAST = settings(max_examples=40, deadline=None)
 
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from course_lib.core import arch, models
 from course_lib.pruning import mlp as M
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 X = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(2))
 
 

@@ -12,7 +12,7 @@ from course_lib.pruning import recipes
 from course_lib.recover import distil as D
 from course_lib.recover import repair as R
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 
 
 def windows(n, seed, length=32):

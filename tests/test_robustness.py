@@ -51,7 +51,7 @@ from course_lib.pruning.undo import PruneHandle
 from course_lib.pruning.wanda import wanda_prune
 from course_lib.teaching.widgets import Explorer
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 X = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(7))
 CALIB = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(8))

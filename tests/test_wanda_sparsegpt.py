@@ -13,7 +13,7 @@ from course_lib.pruning.masks import magnitude_prune, parse_pattern, scores_to_m
 from course_lib.pruning.sparsegpt import HessianError, inverse_cholesky, sparsegpt_layer, sparsegpt_prune
 from course_lib.pruning.wanda import wanda_prune, wanda_scores
 
-TINY = list(models.TINY)
+TINY = list(models.BASE_TINY)
 FAST = settings(max_examples=30, deadline=None)
 
 

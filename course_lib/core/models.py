@@ -174,11 +174,12 @@ def _tiny_config(name: str):
     raise KeyError(name)
 
 
-TINY = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
+# the unit tests' small models (4 layers each); the stand-ins below mirror the originals' geometry
+BASE_TINY = ("tiny-gpt2", "tiny-llama", "tiny-qwen2", "tiny-gemma3")
 # name -> the original model whose geometry the stand-in mirrors
 STAND_INS = {"tiny-gpt2-124m": "gpt2", "tiny-tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
              "tiny-qwen2.5": "Qwen/Qwen2.5-0.5B", "tiny-gemma3-270m": "gemma3-270m"}
-TINY = TINY + tuple(STAND_INS)
+TINY = BASE_TINY + tuple(STAND_INS)
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:

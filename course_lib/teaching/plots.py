@@ -118,31 +118,3 @@ def sensitivity(scan: np.ndarray, layers: Sequence[int], sparsities: Sequence[fl
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set(title=title, xlabel="sparsity of that layer alone", ylabel="decoder layer")
     return _finish(fig)
-
-
-def stage_panels(rows, title: str = "from dense to shipped, every stage measured"):
-    """Four small bar panels over the pipeline stages: disk, perplexity, prefill and decode speedup.
-
-    ``rows``: objects with ``stage``, ``disk_bytes``, ``perplexity``, ``prefill_speedup`` and
-    ``decode_speedup`` (``timing.Speedup``: the bar is the median, the whisker the paired IQR).
-    """
-    labels = [r.stage for r in rows]
-    x = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 4, figsize=(12.0, 3.2))
-    panels = [("disk (MB)", [r.disk_bytes / 1e6 for r in rows], None),
-              ("perplexity", [r.perplexity for r in rows], None),
-              ("prefill speedup vs dense", [r.prefill_speedup.median for r in rows],
-               [(r.prefill_speedup.median - r.prefill_speedup.low, r.prefill_speedup.high - r.prefill_speedup.median)
-                for r in rows]),
-              ("decode speedup vs dense", [r.decode_speedup.median for r in rows],
-               [(r.decode_speedup.median - r.decode_speedup.low, r.decode_speedup.high - r.decode_speedup.median)
-                for r in rows])]
-    for ax, (name, values, spread) in zip(axes, panels):
-        err = None if spread is None else np.array(spread).T.clip(min=0)
-        ax.bar(x, values, color="#4c72b0", yerr=err, capsize=2)
-        if "speedup" in name:
-            ax.axhline(1.0, color="grey", lw=1, ls="--")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    return _finish(fig)
