@@ -53,7 +53,7 @@ def uniform_cut(model):
 
 def test_tiny_models_round_trip_through_plain_from_pretrained(tmp_path):
     folders, expected = [], []
-    for name in models.TINY:
+    for name in models.BASE_TINY:
         model, tokenizer = models.load(name, device="cpu")
         width = arch.mlp_width(model, 0)
         uniform_cut(model)
@@ -63,7 +63,7 @@ def test_tiny_models_round_trip_through_plain_from_pretrained(tmp_path):
             assert arch.attention_shape(model, 0).group_size == 2
         expected.append(logits(model))
         folders.append(io.export_pretrained(model, tmp_path / name, tokenizer=tokenizer))
-    for name, got, want in zip(models.TINY, fresh_logits(tmp_path, folders), expected):
+    for name, got, want in zip(models.BASE_TINY, fresh_logits(tmp_path, folders), expected):
         assert torch.equal(got, want) or (got - want).abs().max() < 1e-6, name
     # the course opens it too, and knows which heads/neurons each layer kept
     reloaded, _ = io.load_pruned(folders[1])
