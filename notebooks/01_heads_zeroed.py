@@ -217,7 +217,7 @@ checks.check_zero_head(zero_head)
 #
 # - A head is a block of columns of `o_proj`; zeroing it removes the head's voice exactly.
 # - Heads are not equally important; the weight norm and ablation rank them differently
-#   (their rank correlation and the 50% comparison are printed above, with ✓ or ✗).
+#   (their rank correlation and the 50% comparison are printed above, each with its mark).
 # - Zeroed heads cost as much time as live ones: the shapes did not change.
 #   Lesson 2 removes them for real.
 # - With the original model (Qwen2.5-0.5B: 24 layers x 14 heads, 2 KV heads) the
