@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make run      execute every lesson into build/ and print the summary table"
-	@echo "make test     the whole test suite (pytest + nbval over the notebooks)"
+	@echo "make test     the whole test suite (pytest on 2 workers, then nbval over the notebooks)"
 	@echo "make lab      JupyterLab on notebooks/"
 	@echo "make sync     keep notebooks/*.py and *.ipynb in sync (jupytext)"
 	@echo "make execute  re-execute the notebooks in place (refresh stored outputs)"
@@ -50,10 +50,16 @@ run: $(STAMP)
 	$(WARM)
 	$(PY) -m course_lib.teaching.run_all --out build
 
+# The unit tests run on TEST_WORKERS processes (pytest-xdist, one torch thread
+# each); the notebooks replay after them, one at a time, on a quiet machine,
+# because their stored claims include timings.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(WARM)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 tests \
-	  $(if $(wildcard notebooks/*.ipynb),--nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg,)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 \
+	  $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS),) tests
+	$(if $(wildcard notebooks/*.ipynb),HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q \
+	  -p no:cacheprovider --durations=10 --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg,)
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not embedded" tests

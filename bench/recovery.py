@@ -141,15 +141,17 @@ def markdown(meta, rows) -> str:
         f"pydoc text (course protocol), held-out = {meta['heldout']} (another kind of text, never "
         f"trained on). Dense: **{d[0]:.2f} / {d[1]:.2f}**.",
         "- Refit: closed-form ridge least squares of each changed output projection "
-        "(`recover.repair.refit`, damp 0.01) on 32 x 256 calibration windows (start of the pydoc text).",
+        "(`recover.repair.refit`: layer by layer, ridge towards the kept weights, damp 0.1) on 32 x 256 calibration windows (start of the pydoc text).",
         f"- Distillation: KL(dense || pruned), AdamW lr {meta['lr']}, {meta['steps']} steps of "
         f"{meta['batch_size']} x 256 calibration tokens, embeddings frozen (`recover.distil.distil`), "
         "after the refit where there is one.",
         "- Speedup: prefill 1 x 128, dense and pruned interleaved in one run, median of 5 "
         "(`speed.measure_speedup`); ideal = FLOPs ratio.",
-        f"- Machine: {meta['machine']}, 2 torch threads, torch {meta['torch']}; **shared with other "
-        f"jobs** (load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end): "
-        f"times are noisy. Wall time {meta['wall_seconds']:.0f} s"
+        f"- Machine: {meta['machine']}, 2 torch threads, torch {meta['torch']}; "
+        + ("nothing else running" if max(meta['load_start'], meta['load_end']) < 2.5 else
+           "**shared with other jobs**, times are noisy")
+        + f" (load average {meta['load_start']:.1f} at start, {meta['load_end']:.1f} at end; this "
+        f"run's own 2 threads count about 2). Wall time {meta['wall_seconds']:.0f} s"
         + (f" ({meta['parallel_runs']} configurations run in parallel processes)." if meta.get("parallel_runs") else "."),
         "",
         "| pruned | after pruning | after refit | after distillation | refit s | distil s "
@@ -160,7 +162,7 @@ def markdown(meta, rows) -> str:
         final = r["distil"]
         lines.append(
             f"| {r['config']} | {cell(r['pruned'])} | {cell(r.get('refit'))} | {cell(final)} | "
-            f"{r.get('refit_seconds', float('nan')):.1f} | {r['distil_seconds']:.0f} | "
+            f"{format(r['refit_seconds'], '.1f') if 'refit_seconds' in r else 'n/a'} | {r['distil_seconds']:.0f} | "
             f"{'yes' if final[0] <= 1.1 * d[0] else 'no'} ({final[0] / d[0]:.2f}x) | "
             f"{r['prefill_speedup']:.2f}x | {r['ideal_speedup']:.2f}x |")
     return "\n".join(lines) + "\n"

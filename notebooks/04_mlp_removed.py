@@ -32,6 +32,7 @@ MODEL = "smollm2-135m"  # original lesson: "gpt2" (needs the internet once); sta
 DEVICE = None  # None: CUDA if present, else CPU
 N_EVAL = 8  # evaluation windows of 128 tokens
 QUICK = False  # True: fewer timing runs (to check that the lesson runs, not to read its timings)
+DISTIL_STEPS = 6  # distillation steps per pruned model (about 2 s each on a laptop CPU)
 
 # %%
 import torch
@@ -191,6 +192,144 @@ plots.stacked_shares({
        for f, p in pruned_models.items()}}, title="FLOPs per token, as a share of the dense model")
 
 # %% [markdown]
+# ## Width or depth?
+#
+# A decoder layer *adds* its output to the residual stream, so a whole layer can
+# go: the stream then passes through unchanged. Which layers? The ones that turn
+# the hidden state least, **block influence** = 1 − cos(input, output) on the
+# calibration text. Remove as many parameters as the 25% neuron cut above, once
+# as neurons (width) and once as whole layers (depth), and compare.
+#
+# **Predict**: at the same number of parameters removed, which costs more
+# perplexity, and which runs faster?
+
+# %% tags=["prediction"]
+my_guess_cheaper_in_quality = "width"  # "width" or "depth"
+
+# %%
+import copy
+
+from course_lib.core import data
+from course_lib.pruning import layers
+from course_lib.recover import distil, repair
+
+width = copy.deepcopy(pruned_models[0.25])  # 25% of every MLP's neurons, activation score
+removed_params = metrics.count_parameters(model)["total"] - metrics.count_parameters(width)["total"]
+per_layer = sum(p.numel() for p in arch.decoder_layers(model)[0].parameters())
+n_drop = max(1, round(removed_params / per_layer))
+influence = layers.block_influence(model, run.windows.calib)
+drop = layers.least_important_layers(influence, n_drop)
+depth, _ = speed.pruned_copy(model, lambda m: layers.remove_layers(m, drop))
+print(f"same budget: {removed_params / 1e6:.1f} M parameters = {n_drop} layers of {per_layer / 1e6:.2f} M")
+print(f"block influence, lowest: layers {drop} ({', '.join(f'{influence[i]:.3f}' for i in drop)}); "
+      f"highest: {influence.max():.3f} (layer {int(influence.argmax())})")
+width_ppl, depth_ppl = run.perplexity(width), run.perplexity(depth)
+print(f"perplexity: dense {dense_ppl:.2f}, width {width_ppl:.2f}, depth {depth_ppl:.2f} "
+      f"(you guessed {my_guess_cheaper_in_quality} is cheaper)")
+run.claim("at the same parameter budget, removing layers costs more perplexity than removing neurons",
+          depth_ppl > width_ppl, f"depth {depth_ppl:.2f} vs width {width_ppl:.2f}", needs_real_model=True)
+plots.bars({f"{i}": float(influence[i]) for i in range(len(influence))}, ylabel="block influence",
+           title="how much each layer turns the hidden state (1 - cos)")
+
+# %% [markdown]
+# And the clock: dense, width and depth timed side by side, run by run.
+
+# %% tags=["nbval-ignore-output"]
+lat = run.latency({"dense": model, "width": width, "depth": depth}, runs=3 if QUICK else 7)
+s_width, s_depth = timing.speedup(lat["dense"], lat["width"]), timing.speedup(lat["dense"], lat["depth"])
+ideal_depth = speed.ideal_speedup(dense_flops, metrics.flops_per_token(depth, context=128))
+ideal_width = speed.ideal_speedup(dense_flops, metrics.flops_per_token(width, context=128))
+print(f"width: {s_width}  (ideal {ideal_width:.2f}x)")
+print(f"depth: {s_depth}  (ideal {ideal_depth:.2f}x)")
+
+# %%
+run.claim("removing whole layers saves more FLOPs than removing the same parameters as neurons",
+          ideal_depth > ideal_width, f"ideal {ideal_depth:.2f}x vs {ideal_width:.2f}x")
+run.claim("the depth-pruned model runs faster than dense", s_depth.verdict == "faster",
+          f"measured {s_depth.median:.2f}x, paired IQR {s_depth.low:.2f}-{s_depth.high:.2f}x",
+          needs_real_model=True)
+
+# %% [markdown]
+# ### Winning quality back
+#
+# **Closed-form repair** (seconds): for each MLP, refit the output projection
+# (`down_proj`) so that, on calibration tokens, the pruned layer writes what the
+# dense layer wrote: a ridge least-squares fit `W' = (C + λW_K)(G + λI)⁻¹`, pulled
+# towards the kept weights `W_K` (lesson 3 derives it; `course_lib/recover/repair.py`).
+# It fits one unknown per kept neuron in every output row, so it gets more
+# calibration text than the scores did (`repair_calib` below; a quarter of it is
+# kept out to check the fit). A depth-pruned model has no layer left to refit.
+
+# %%
+repair_calib = data.windows_for(run.tokenizer, MODEL, seq_len=128, n_eval=N_EVAL, n_calib=16).calib
+refit_handle = repair.refit(width, model, repair_calib)
+refit_ppl = run.perplexity(width)
+errors = list(refit_handle.info["errors"].values())
+error_before, error_after = (sum(e[k] for e in errors) / len(errors) for k in ("before", "after"))
+print(f"refit {sum(e['refit'] for e in errors)} of {len(errors)} output projections; mean error on the "
+      f"tokens fitted {error_before:.1f} -> {error_after:.1f} ({1 - error_after / error_before:.0%} lower)")
+print(f"width perplexity: pruned {width_ppl:.2f} -> refit {refit_ppl:.2f} (dense {dense_ppl:.2f})")
+run.claim("the refit more than halves the layers' output error on its tokens, but does not lower the perplexity",
+          error_after < 0.5 * error_before and refit_ppl >= width_ppl,
+          f"error {error_before:.1f} -> {error_after:.1f}, perplexity {width_ppl:.2f} -> {refit_ppl:.2f}",
+          needs_real_model=True)
+
+# %% [markdown]
+# Per-layer output error is not the model's loss. After head removal (lesson 3)
+# the same refit wins back a large share of the perplexity; after MLP neuron
+# removal, on this little calibration text, it fits the layers' outputs and the
+# perplexity does not follow (the two numbers above; `bench/results.md` has the
+# same cut refit on four times more text). What optimises the loss itself is training.
+#
+# **Distillation** (minutes): train the pruned model to predict the dense model's
+# whole next-token distribution (KL divergence) on the calibration text, and watch
+# a text of another kind (Python source, never trained on) for over-fitting.
+# `DISTIL_STEPS` (a parameter of this lesson) sets the budget, one calibration
+# window per step; measured every few steps on 2 of the evaluation windows.
+
+# %%
+heldout = data.windows_for(run.tokenizer, MODEL, source="python-source", seq_len=128,
+                           n_eval=1, n_calib=0).eval
+every = max(1, DISTIL_STEPS // 2)
+reports = {}
+for label, student in (("width (after refit)", width), ("depth", depth)):
+    _, reports[label] = distil.distil(student, model, run.windows.calib, steps=DISTIL_STEPS, lr=1e-4,
+                                      batch_size=1, eval_windows=run.windows.eval[:2], heldout_windows=heldout,
+                                      eval_every=every, quiet=True)
+for label, report in reports.items():
+    print(f"{label:>20}: " + ", ".join(f"step {row['step']}: {row['ppl_eval']:.2f} (Python {row['ppl_heldout']:.2f})"
+                                       for row in report.history))
+steps_axis = [row["step"] for row in reports["depth"].history]
+plots.curves(steps_axis, {label: [row["ppl_eval"] for row in r.history] for label, r in reports.items()},
+             xlabel="distillation steps", ylabel="perplexity (2 eval windows)", logy=True,
+             title="distilling the pruned models", reference={"dense": [run.perplexity(windows=run.windows.eval[:2])] * len(steps_axis)})
+
+# %% tags=["nbval-ignore-output"]
+print("training time: " + ", ".join(f"{label} {r.train_seconds:.0f} s" for label, r in reports.items()))
+
+# %%
+first = {label: r.first["ppl_eval"] for label, r in reports.items()}
+last = {label: r.last["ppl_eval"] for label, r in reports.items()}
+change = {k: last[k] / first[k] - 1 for k in reports}
+print("; ".join(f"{k}: {first[k]:.2f} -> {last[k]:.2f} ({change[k]:+.0%})" for k in reports))
+run.claim(f"{DISTIL_STEPS} distillation steps lower the depth-pruned model's perplexity",
+          last["depth"] < first["depth"], f"{first['depth']:.2f} -> {last['depth']:.2f}", needs_real_model=True)
+run.claim("they do less for the width-pruned model, which had lost less to begin with",
+          change["depth"] < change["width (after refit)"],
+          f"perplexity {change['depth']:+.0%} vs {change['width (after refit)']:+.0%}", needs_real_model=True)
+run.claim("after repair and distillation, depth is still behind width at the same budget",
+          last["depth"] > last["width (after refit)"],
+          f"depth {last['depth']:.2f} vs width {last['width (after refit)']:.2f}", needs_real_model=True)
+
+# %% [markdown]
+# Depth pruning is the cleanest cut for the clock (whole layers, no thin matrices)
+# and the most expensive for quality at the same budget; a few steps of
+# distillation start to close the gap for it, and `bench/results.md` records longer runs
+# on more text (`bench/recovery.py`: 20 steps of 512 tokens on each of the four
+# cuts). Repair and distillation both undo exactly: each returns a handle like
+# every prune.
+
+# %% [markdown]
 # ## Explore
 
 # %%
@@ -207,6 +346,26 @@ print(f"{len(explorer.cache)} points measured")
 
 # %% tags=["nbval-ignore-output"]
 explorer
+
+# %% [markdown]
+# How many whole layers can go? Least block influence first, or the contiguous
+# block with the least summed influence (the "deeper layers are redundant" recipe).
+
+# %%
+def prune_layers(model, how, fraction):
+    k = layers.layers_for_fraction(model, fraction)
+    pick = layers.contiguous_block if how == "contiguous block" else layers.least_important_layers
+    return layers.remove_layers(model, pick(influence, k))
+
+
+layer_explorer = Explorer(model, run.windows.eval[:2], prune_layers,
+                          methods=("least influence", "contiguous block"), value=0.2,
+                          amount_label="fraction of layers removed", amount_max=0.5, step=0.1,
+                          title="removing whole layers")
+print(f"{len(layer_explorer.cache)} points measured")
+
+# %% tags=["nbval-ignore-output"]
+layer_explorer
 
 # %% [markdown]
 # ## Your turn
@@ -235,6 +394,9 @@ checks.check_slice_mlp(slice_mlp)
 # - Choose neurons with data (activations), not only weights: compare the two scores'
 #   perplexities above.
 # - With GPT-2 the MLP is `c_fc`/`c_proj` (no gate); the same functions handle it.
+# - Whole layers are the cleanest cut for speed and the costliest for quality at the
+#   same budget (the width-or-depth numbers above). Distillation wins part of it back;
+#   the closed-form refit does after head removal (lesson 3), not after this MLP cut.
 
 # %% tags=["nbval-ignore-output"]
 summary.record("04", MODEL, dense_ppl, rows[0]["perplexity"], 1 / measured[0.25].prefill_speedup,

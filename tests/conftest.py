@@ -12,7 +12,9 @@ import torch
 
 from course_lib.core import data, models
 
-torch.set_num_threads(2)
+# Two threads for a serial run; one per worker under pytest-xdist (`make test`
+# runs two workers on a 2-core machine).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 TINY = list(models.BASE_TINY)
 

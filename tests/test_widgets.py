@@ -4,7 +4,7 @@ import gc
 import pytest
 import torch
 
-from course_lib.core import data, models
+from course_lib.core import data, metrics, models
 from course_lib.pruning import masks
 from course_lib.pruning.undo import PruneHandle, restoring_on_error
 from course_lib.teaching.widgets import Explorer
@@ -163,6 +163,26 @@ def test_a_second_session_reuses_the_points_from_disk(tmp_path):
     assert again == first.cache[("random", 0.4)]
     other_windows = Explorer(model, windows[:1], prune, **kwargs)  # other windows: measured anew
     assert other_windows.measurements == 1 and other_windows.disk_hits == 0
+
+
+def test_also_on_measures_other_texts_from_the_same_pruned_weights():
+    model, tokenizer = models.load("tiny-llama")
+    windows = data.make_windows(tokenizer, data.load_text(), seq_len=16, n_eval=3, n_calib=0).eval
+    prunes = []
+
+    def counting(m, method, amount):
+        prunes.append((method, amount))
+        return prune(m, method, amount)
+
+    explorer = Explorer(model, windows[:2], counting, latency_tokens=8, latency_runs=2,
+                        also_on={"other": windows[2:]})
+    p = explorer.point("magnitude", 0.6)
+    assert prunes == [("magnitude", 0.6)]  # one prune serves both texts
+    handle = prune(model, "magnitude", 0.6)
+    expected = metrics.perplexity(model, windows[2:])
+    handle.restore()
+    assert p.other_perplexity == {"other": pytest.approx(expected, rel=1e-5)}
+    assert p.other_perplexity["other"] != pytest.approx(p.perplexity)  # really the other windows
 
 
 def test_precompute_fills_the_grid_in_the_background(setup):

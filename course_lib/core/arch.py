@@ -123,6 +123,24 @@ def lm_head_shape(model: nn.Module) -> tuple[int, int]:
     return tuple(weight.shape)
 
 
+@torch.no_grad()
+def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
+                    pre_hooks: dict | None = None, hooks: dict | None = None) -> None:
+    """Run ``model`` over ``windows`` in batches (no KV cache), only for what hooks record.
+
+    ``pre_hooks`` / ``hooks``: {module: fn} registered as forward pre-hooks / forward
+    hooks for the run, and removed afterwards whatever happens."""
+    handles = [m.register_forward_pre_hook(fn) for m, fn in (pre_hooks or {}).items()]
+    handles += [m.register_forward_hook(fn) for m, fn in (hooks or {}).items()]
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, windows.shape[0], batch_size):
+            model(windows[start:start + batch_size].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def check_token_ids(model: nn.Module, windows: torch.Tensor, what: str = "the windows") -> None:
     """Refuse token ids the model's embedding has no row for (torch's IndexError says little).
 

@@ -120,7 +120,10 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
     for p in params:
         p.requires_grad_(True)
     teacher.eval()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:  # the fused kernel: one pass over the weights instead of several (~7x faster on a CPU)
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     train_seconds = 0.0
     try:
         evaluate(0, None)

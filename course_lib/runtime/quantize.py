@@ -81,14 +81,7 @@ def activation_outlier_ratio(model: nn.Module, windows: torch.Tensor, batch_size
             count[name] += x.numel()
         return hook
 
-    hooks = [modules[n].register_forward_pre_hook(make_hook(n)) for n in names]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            model(windows[start:start + batch_size].to(device), use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+    arch.forward_windows(model, windows, batch_size, pre_hooks={modules[n]: make_hook(n) for n in names})
     return {n: peak[n] / max(total[n] / max(count[n], 1), 1e-12) for n in names}
 
 

@@ -8,6 +8,8 @@ prunes from the original weights, measures, restores, and remembers the point:
   so its speedup carries its own spread (the paired runs' IQR, ``timing.speedup``):
   a setting that changes nothing reads 1.00x within that spread, and the plot's
   speed axis always shows 1.0 over a range that does not magnify the noise;
+- ``also_on={"code": windows}`` measures each point's perplexity on other texts
+  too (``point.other_perplexity``), from the same pruned weights: no second prune;
 - results are cached per (method, amount) in memory, and on disk when given a
   ``cache_dir`` (keyed by the model's weights, the explorer, the method, the amount
   and the evaluation windows), so a second session reuses them;
@@ -28,7 +30,7 @@ import os
 import threading
 import traceback
 import weakref
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -104,6 +106,7 @@ class Point:
     speedup_high: float = 1.0
     runs: int = 0
     dense_latency_ms: float = 0.0
+    other_perplexity: dict = field(default_factory=dict)  # text name -> perplexity (``also_on``)
 
     @property
     def verdict(self) -> str:
@@ -123,9 +126,10 @@ class Explorer:
                  amount_max: float = 0.9, step: float = 0.1, value: float | None = None,
                  latency_tokens: int = 64, latency_runs: int = 5, title: str = "",
                  grid: Sequence[float] = (), cache_dir: str | Path | None = None,
-                 model_name: str = "", dense_model=None):
+                 model_name: str = "", dense_model=None, also_on: dict | None = None):
         self.model = model
         self.eval_windows = eval_windows
+        self.also_on = dict(also_on or {})
         self.prune = prune
         self.latency_tokens, self.latency_runs = latency_tokens, latency_runs
         self.title = title or f"{amount_label} explorer"
@@ -188,6 +192,7 @@ class Explorer:
         handle = self.prune(self.model, method, amount) if amount > 0 else None
         try:
             ppl = metrics.perplexity(self.model, self.eval_windows, batch_size=len(self.eval_windows))
+            other = {text: metrics.perplexity(self.model, w, batch_size=len(w)) for text, w in self.also_on.items()}
             pair = {"dense": self.dense_model(), "pruned": self.model}
             times = timing.time_side_by_side(
                 timing.prefill_workloads(pair, tokens=self.latency_tokens), runs=self.latency_runs,
@@ -200,12 +205,15 @@ class Explorer:
                 handle.restore()  # the next point starts from the original weights
         ratio = timing.speedup(times["dense"], times["pruned"])
         return Point(method, amount, ppl, times["pruned"].median_ms, ratio.median, counts["total"],
-                     sparsity, ratio.low, ratio.high, ratio.runs, times["dense"].median_ms)
+                     sparsity, ratio.low, ratio.high, ratio.runs, times["dense"].median_ms, other)
 
     def _disk_path(self, key: tuple[str, float]) -> Path | None:
         if self.cache_dir is None:
             return None
-        windows = hashlib.sha256(self.eval_windows.cpu().numpy().tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(self.eval_windows.cpu().numpy().tobytes())
+        for text, w in sorted(self.also_on.items()):
+            digest.update(text.encode() + w.cpu().numpy().tobytes())
+        windows = digest.hexdigest()[:16]
         model = hashlib.sha256(repr(self._original).encode()).hexdigest()[:16]
         prune = getattr(self.prune, "__qualname__", type(self.prune).__name__)
         ident = json.dumps([self.model_name, model, self.title, prune, key[0], key[1], windows,
