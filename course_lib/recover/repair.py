@@ -92,6 +92,10 @@ class Statistics:
     yy: float         # sum ||y - b||^2
     tokens: int
 
+    def add(self, other: "Statistics") -> "Statistics":
+        """The statistics of both token sets together (sums add)."""
+        return Statistics(self.G + other.G, self.C + other.C, self.yy + other.yy, self.tokens + other.tokens)
+
     def error(self, W: torch.Tensor) -> float:
         """Mean squared reconstruction error per token: sum_t ||W h_t - y_t||^2 / tokens."""
         W = W.double()
@@ -142,17 +146,8 @@ def collect(pruned: nn.Module, dense: nn.Module, windows: torch.Tensor, names=No
             dense(batch, use_cache=False)
             pruned(batch, use_cache=False)
             for n in names:
-                h, y = inputs.pop(n), targets.pop(n)
-                if n not in stats:
-                    stats[n] = Statistics(torch.zeros(h.shape[1], h.shape[1], dtype=torch.float64,
-                                                      device=h.device),
-                                          torch.zeros(y.shape[1], h.shape[1], dtype=torch.float64,
-                                                      device=h.device), 0.0, 0)
-                s = stats[n]
-                s.G += h.T @ h
-                s.C += y.T @ h
-                s.yy += float((y * y).sum())
-                s.tokens += h.shape[0]
+                batch_stat = _statistics(inputs.pop(n), targets.pop(n))
+                stats[n] = batch_stat if n not in stats else stats[n].add(batch_stat)
     finally:
         for h in hooks:
             h.remove()
