@@ -30,6 +30,7 @@ class PruneHandle:
         self._attrs: list[tuple[Any, str, Any]] = []
         self._seen: set[tuple] = set()
         self._undos: list = []  # callables that put back what no tensor copy holds (offloaded weights)
+        self._elsewhere: set[int] = set()  # storages whose originals are kept outside (offload store)
         self.permanent = False
         self.info: dict[str, Any] = {}  # what was pruned (masks, kept indices...), for reports
 
@@ -39,15 +40,23 @@ class PruneHandle:
         "Once" is decided by the memory the tensor covers, not by the Python object:
         ``param.data`` is a new tensor object at every access, but the same memory.
         """
+        if tensor.untyped_storage().data_ptr() in self._elsewhere:
+            return  # its original stays in the offload store: no copy in memory
         key = self._key(tensor)
         if key not in self._seen:
             self._seen.add(key)
             self._tensors.append((tensor, tensor.detach().clone()))
 
+    def kept_elsewhere(self, tensor: torch.Tensor) -> None:
+        """``tensor``'s original is kept outside the model (an offload store that ``on_restore``
+        puts back): ``save_tensor`` makes no copy of it until ``forget_tensor``."""
+        self._elsewhere.add(tensor.untyped_storage().data_ptr())
+
     def forget_tensor(self, tensor: torch.Tensor) -> None:
         """Drop the copy kept of ``tensor`` (its original is kept elsewhere, e.g. on disk)."""
         # ``param.data`` is a new Python object on every access: match the memory, not the object
         ptr = tensor.untyped_storage().data_ptr()
+        self._elsewhere.discard(ptr)  # the memory may be reused by another tensor later
         kept = [(t, o) for t, o in self._tensors if t.untyped_storage().data_ptr() != ptr]
         for t, _ in self._tensors:
             if t.untyped_storage().data_ptr() == ptr:
@@ -94,6 +103,7 @@ class PruneHandle:
         self._attrs.clear()
         self._seen.clear()
         self._undos.clear()
+        self._elsewhere.clear()
 
     def __repr__(self) -> str:
         return (f"PruneHandle({self.description!r}, tensors={len(self._tensors)}, "
