@@ -53,29 +53,113 @@ def is_offloaded(model: nn.Module) -> bool:
     return bool(_offloaded(model))
 
 
+_HEAP_PINNED = False
+
+
+def _pin_mmap_threshold(size: int = 1 << 20) -> None:
+    """Make glibc give every allocation of ``size`` bytes or more its own memory map (once).
+
+    By default glibc raises this threshold (up to 32 MB) each time a mapped block is
+    freed, so after the first large temporary every layer-sized tensor comes from the
+    C heap instead, and the heap only shrinks from its top: walking one layer after
+    another, it grew by about the decoder's size (measured in bench/results.md). With
+    the threshold fixed, a freed weight or temporary goes back to the system at once.
+    No-op off glibc.
+    """
+    global _HEAP_PINNED
+    if _HEAP_PINNED:
+        return
+    _HEAP_PINNED = True
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        ctypes.CDLL(None).mallopt(-3, size)  # M_MMAP_THRESHOLD; also turns off the raising
+    except (OSError, AttributeError):
+        pass
+
+
+def _on_disk(weights_map, name: str):
+    """``(dataset, key)`` where ``weights_map`` reads ``name`` from: the loader itself and the
+    full key for a prefixed view of an accelerate ``OffloadedWeightsLoader``."""
+    from accelerate.utils.offload import PrefixedDataset
+
+    if isinstance(weights_map, PrefixedDataset):
+        return weights_map.dataset, weights_map.prefix + name
+    return weights_map, name
+
+
+def _is_file(dataset, key: str) -> bool:
+    """Whether ``dataset`` reads ``key`` from a file (checkpoint safetensors or offload ``.dat``)."""
+    from accelerate.utils.offload import OffloadedWeightsLoader
+
+    return isinstance(dataset, OffloadedWeightsLoader) and key not in dataset.state_dict
+
+
+def _read(weights_map, name: str) -> torch.Tensor:
+    """The stored value of ``name``, mapped from its file rather than copied into memory.
+
+    accelerate reads an offload ``.dat`` file by copying it into a new tensor; one layer
+    after another, those copies (freed again at the end of each layer) fragment the C
+    heap, which then grows by about the decoder's size over a walk. A private memory map
+    (``torch.from_file(shared=False)``) holds no copy: pages are read from the file when
+    used, an in-place edit (pruning) copies only the pages it writes, and everything goes
+    back to the system when the tensor is freed. The checkpoint's own safetensors are
+    mapped the same way by ``safetensors``.
+    """
+    dataset, key = _on_disk(weights_map, name)
+    if _is_file(dataset, key):
+        info = dataset.index[key]
+        dtype = getattr(torch, str(info.get("dtype")), None)
+        numel = 1
+        for size in info.get("shape", ()):
+            numel *= size
+        if "safetensors_file" not in info and isinstance(dtype, torch.dtype) and numel > 0:
+            dat = Path(dataset.save_folder) / f"{key}.dat"
+            return torch.from_file(str(dat), shared=False, size=numel, dtype=dtype).view(info["shape"])
+        return weights_map[name]  # from the checkpoint: a private map of its safetensors
+    # a weights map in memory hands out its own tensor: work on a copy, so the original
+    # stays in the map for undo (``_store`` puts the pruned copy in its place)
+    return weights_map[name].clone()
+
+
+def _write_dat(value: torch.Tensor, key: str, folder: Path, index: dict) -> None:
+    """``offload_weight`` into ``folder/key.dat``, replacing the file rather than rewriting it:
+    a map still open on the old file (``value`` itself, when it was read from there) keeps
+    reading the old contents instead of a truncated file."""
+    import os
+
+    from accelerate.utils import offload_weight
+
+    staging = folder / ".writing"
+    staging.mkdir(exist_ok=True)
+    offload_weight(value, key, str(staging), index=index)  # writes the file, updates the index
+    os.replace(staging / f"{key}.dat", folder / f"{key}.dat")
+
+
 def _store(weights_map, name: str, value: torch.Tensor, handle: PruneHandle | None) -> None:
     """Write ``value`` where the map reads ``name`` from; remember how to put the original back."""
-    from accelerate.utils import offload_weight
-    from accelerate.utils.offload import OffloadedWeightsLoader, PrefixedDataset
+    import os
 
-    dataset, key = weights_map, name
-    if isinstance(weights_map, PrefixedDataset):
-        dataset, key = weights_map.dataset, weights_map.prefix + name
+    dataset, key = _on_disk(weights_map, name)
     value = value.detach().to("cpu").contiguous()
-    if isinstance(dataset, OffloadedWeightsLoader) and key not in dataset.state_dict:
+    if _is_file(dataset, key):
         folder = Path(dataset.save_folder)
         folder.mkdir(parents=True, exist_ok=True)
         old_info = dict(dataset.index[key])
         dat = folder / f"{key}.dat"
         backup = None
-        if "safetensors_file" not in old_info and dat.exists():  # an earlier .dat: keep a copy
+        if "safetensors_file" not in old_info and dat.exists():  # an earlier .dat: keep it
             backup = folder / f"{key}.dat.undo-{len(list(folder.glob(f'{key}.dat.undo-*')))}"
-            shutil.copyfile(dat, backup)
-        offload_weight(value, key, str(folder), index=dataset.index)  # writes key.dat, updates index
+            os.replace(dat, backup)  # a rename: an open map of it still reads the same bytes
+        _write_dat(value, key, folder, dataset.index)
         if handle is not None:
             def undo(index=dataset.index, key=key, old_info=old_info, backup=backup, dat=dat):
                 if backup is not None:
-                    shutil.copyfile(backup, dat)
+                    shutil.copyfile(backup, dat.with_name(dat.name + ".restoring"))
+                    os.replace(dat.with_name(dat.name + ".restoring"), dat)
                 index[key] = old_info
             handle.on_restore(undo)
         return
@@ -94,10 +178,14 @@ def layer_on_device(layer: nn.Module, handle: PruneHandle | None = None, write_b
     from accelerate.utils import set_module_tensor_to_device
 
     entries = _offloaded(layer)
+    if entries:
+        _pin_mmap_threshold()
     for module, hook in entries:
         for name, _ in module.named_parameters(recurse=False):
             set_module_tensor_to_device(module, name, hook.execution_device,
-                                        value=hook.weights_map[name])
+                                        value=_read(hook.weights_map, name))
+            if handle is not None:  # its original is in the store: the handle keeps no copy
+                handle.kept_elsewhere(getattr(module, name).data)
         hook.offload = False  # the hook now leaves the weights where they are
     try:
         yield
@@ -107,7 +195,7 @@ def layer_on_device(layer: nn.Module, handle: PruneHandle | None = None, write_b
                 if write_back:
                     _store(hook.weights_map, name, param.data, handle)
                 if handle is not None:
-                    handle.forget_tensor(param.data)  # its original is in the store
+                    handle.forget_tensor(param.data)  # its original is in the store (kept_elsewhere)
                 set_module_tensor_to_device(module, name, "meta")
             hook.offload = True
 
