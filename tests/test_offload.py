@@ -62,3 +62,91 @@ def test_a_bench_rerun_keeps_the_offload_section(tmp_path):
     results.write_text("# old\n\n## Checks\nx\n\n## Pruning beyond memory (decoder offloaded to disk)\n\n| a |\n")
     assert bench._kept_sections(results).strip().startswith("## Pruning beyond memory")
     assert "Checks" not in bench._kept_sections(results)
+
+
+def _offloaded_tiny(tmp_path, name="tiny-llama"):
+    model, tokenizer = models.load(name, device="cpu")
+    model.save_pretrained(tmp_path / "ckpt")
+    tokenizer.save_pretrained(tmp_path / "ckpt")
+    off, _ = offload.load_offloaded(tmp_path / "ckpt", tmp_path / "offload")
+    return off, data.windows_for(tokenizer, name, seq_len=16, n_eval=1, n_calib=2)
+
+
+def test_the_walk_never_copies_an_offloaded_layer(tmp_path):
+    """While a layer is walked, only it is materialized, and save_tensor keeps no copy of it
+    (its original is in the store); undo is still exact."""
+    from course_lib.pruning import calibrate
+    from course_lib.pruning.undo import PruneHandle
+
+    off, windows = _offloaded_tiny(tmp_path)
+    original = weights(off)
+    layers = arch.decoder_layers(off)
+    handle, copies = PruneHandle(), []
+
+    def prune_layer(index, layer, groups):
+        others = [p for i, other in enumerate(layers) if i != index for p in other.parameters()]
+        assert all(p.device.type == "meta" for p in others)  # one layer in memory at a time
+        for group in groups:
+            for module in group.modules:
+                handle.save_tensor(module.weight.data)
+                module.weight.data.mul_(0.5)
+        copies.append(len(handle._tensors))
+
+    calibrate.walk(off, windows.calib, lambda stat, x: None, prune_layer, handle=handle)
+    assert copies and set(copies) == {0}
+    assert not handle._elsewhere  # every mark dropped once its layer went back to the store
+    assert not torch.equal(weights(off)["0.self_attn.q_proj.weight"], original["0.self_attn.q_proj.weight"])
+    handle.restore()
+    assert all(torch.equal(original[k], v) for k, v in weights(off).items())
+
+
+def _mapped_files() -> list[tuple[int, int, str]]:
+    """(start, end, path) of every file mapped into this process."""
+    rows = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split(maxsplit=5)
+            if len(parts) == 6 and parts[5].strip().startswith("/"):
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                rows.append((start, end, parts[5].strip()))
+    return rows
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_a_materialized_layer_is_a_map_of_its_file_not_a_copy(tmp_path):
+    """Read from the checkpoint or from a pruned .dat, a layer's weights are pages of that
+    file (a private map: RAM only for the pages a prune writes, freed with the layer),
+    never a copy on the heap, which glibc does not give back between layers."""
+    off, windows = _offloaded_tiny(tmp_path)
+    first = wanda_prune(off, windows.calib, 0.5)   # layers now read from the checkpoint, written to .dat
+    for source, folder in (("checkpoint", tmp_path / "ckpt"), (".dat", tmp_path / "offload")):
+        layer = arch.decoder_layers(off)[1]
+        if source == "checkpoint":
+            first.restore()
+        else:
+            wanda_prune(off, windows.calib, 0.5)
+        with offload.layer_on_device(layer, write_back=False):
+            maps = _mapped_files()
+            for name, p in layer.named_parameters():
+                ptr = p.data_ptr()
+                where = [path for start, end, path in maps if start <= ptr < end]
+                assert where and where[0].startswith(str(folder)), (source, name, where)
+
+
+def test_pruning_an_offloaded_model_twice_undoes_in_turn(tmp_path):
+    """A second prune overwrites the first one's .dat files (kept as backups): each restore
+    puts back exactly what was there before its prune."""
+    off, windows = _offloaded_tiny(tmp_path)
+    model, _ = models.load("tiny-llama", device="cpu")  # the same prunes in memory
+    original = weights(off)
+    first = wanda_prune(off, windows.calib, 0.5)
+    after_first = weights(off)
+    second = sparsegpt_prune(off, windows.calib, 0.75)
+    wanda_prune(model, windows.calib, 0.5)
+    sparsegpt_prune(model, windows.calib, 0.75)
+    assert all(torch.equal(weights(model)[k], v) for k, v in weights(off).items())  # norms included
+    assert any(not torch.equal(after_first[k], v) for k, v in weights(off).items())
+    second.restore()
+    assert all(torch.equal(after_first[k], v) for k, v in weights(off).items())
+    first.restore()
+    assert all(torch.equal(original[k], v) for k, v in weights(off).items())
