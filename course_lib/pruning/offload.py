@@ -21,9 +21,15 @@ does that:
 
 Undo stays exact without keeping the originals in memory: the prune handle
 remembers where each weight's original lives (the map entry pointing at the
-checkpoint file, or a backup copy of an overwritten ``.dat``) and puts that back.
+checkpoint file, or the overwritten ``.dat`` kept under another name) and puts
+that back; while a layer is materialized the handle makes no copy of it either
+(``PruneHandle.kept_elsewhere``).
 Peak memory is then one layer's weights, its calibration activations, and
 whatever was never offloaded (embeddings, head), instead of the whole model.
+Two details keep it so in practice (bench/results.md, "Pruning beyond memory"):
+a layer is read as a private memory map of its file rather than copied, and
+glibc's mmap threshold is pinned, so the C heap does not keep what each layer
+freed (without both, the heap grew by about the decoder's size over one walk).
 """
 from __future__ import annotations
 
