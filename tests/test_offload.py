@@ -150,3 +150,24 @@ def test_pruning_an_offloaded_model_twice_undoes_in_turn(tmp_path):
     assert all(torch.equal(after_first[k], v) for k, v in weights(off).items())
     first.restore()
     assert all(torch.equal(original[k], v) for k, v in weights(off).items())
+
+
+def test_a_weights_map_in_memory_undoes_exactly():
+    """Layers offloaded to a weights map in memory (accelerate's CPU offload): the walk
+    prunes a copy, so the map's own tensors, the originals, come back on restore."""
+    from accelerate.hooks import attach_align_device_hook
+
+    model, tokenizer = models.load("tiny-llama", device="cpu")
+    reference, _ = models.load("tiny-llama", device="cpu")
+    for layer in arch.decoder_layers(model):
+        attach_align_device_hook(layer, execution_device="cpu", offload=True,
+                                 weights_map={k: v.clone() for k, v in layer.state_dict().items()})
+    assert offload.is_offloaded(model)
+    windows = data.windows_for(tokenizer, "tiny-llama", seq_len=16, n_eval=1, n_calib=2)
+    original = weights(model)
+    handle = wanda_prune(model, windows.calib, 0.5)
+    wanda_prune(reference, windows.calib, 0.5)
+    assert all(torch.equal(weights(reference)[k], v) for k, v in weights(model).items())
+    assert handle._tensors == []
+    handle.restore()
+    assert all(torch.equal(original[k], v) for k, v in weights(model).items())

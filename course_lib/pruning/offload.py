@@ -104,7 +104,7 @@ def _is_file(dataset, key: str) -> bool:
     return isinstance(dataset, OffloadedWeightsLoader) and key not in dataset.state_dict
 
 
-def _read(weights_map, name: str) -> torch.Tensor:
+def _read(weights_map, name: str, device) -> torch.Tensor:
     """The stored value of ``name``, mapped from its file rather than copied into memory.
 
     accelerate reads an offload ``.dat`` file by copying it into a new tensor; one layer
@@ -126,9 +126,10 @@ def _read(weights_map, name: str) -> torch.Tensor:
             dat = Path(dataset.save_folder) / f"{key}.dat"
             return torch.from_file(str(dat), shared=False, size=numel, dtype=dtype).view(info["shape"])
         return weights_map[name]  # from the checkpoint: a private map of its safetensors
-    # a weights map in memory hands out its own tensor: work on a copy, so the original
-    # stays in the map for undo (``_store`` puts the pruned copy in its place)
-    return weights_map[name].clone()
+    # a weights map in memory hands out its own tensor: on its device, work on a copy, so
+    # the original stays in the map for undo (``_store`` puts the pruned copy in its place)
+    value = weights_map[name]
+    return value.clone() if value.device == torch.device(device) else value
 
 
 def _write_dat(value: torch.Tensor, key: str, folder: Path, index: dict) -> None:
@@ -169,6 +170,8 @@ def _store(weights_map, name: str, value: torch.Tensor, handle: PruneHandle | No
                 index[key] = old_info
             handle.on_restore(undo)
         return
+    from accelerate.utils.offload import OffloadedWeightsLoader
+
     mapping = dataset.state_dict if isinstance(dataset, OffloadedWeightsLoader) else dataset
     old = mapping[key]
     mapping[key] = value
@@ -189,7 +192,7 @@ def layer_on_device(layer: nn.Module, handle: PruneHandle | None = None, write_b
     for module, hook in entries:
         for name, _ in module.named_parameters(recurse=False):
             set_module_tensor_to_device(module, name, hook.execution_device,
-                                        value=_read(hook.weights_map, name))
+                                        value=_read(hook.weights_map, name, hook.execution_device))
             if handle is not None:  # its original is in the store: the handle keeps no copy
                 handle.kept_elsewhere(getattr(module, name).data)
         hook.offload = False  # the hook now leaves the weights where they are
