@@ -51,14 +51,15 @@ run: $(STAMP)
 	$(PY) -m course_lib.teaching.run_all --out build
 
 # The unit tests run on TEST_WORKERS processes (pytest-xdist, one torch thread
-# each). Lessons 01 and 02 replay beside them: the only timing claims they
-# compare ("zeroing does not make the model faster") hold however busy the
-# machine is. Lessons 03-05 compare "faster" verdicts, so they replay after,
-# one at a time, on a quiet machine.
+# each). Lessons 01, 02 and 06 replay beside them: the only timing claims 01 and
+# 02 compare ("zeroing does not make the model faster") hold however busy the
+# machine is, and 06 compares no timing at all (its timings are not compared).
+# Lessons 03-05 compare "faster" verdicts, so they replay after, one at a time,
+# on a quiet machine.
 TEST_WORKERS ?= 2
 PYTEST := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -p no:cacheprovider
 NBVAL := --nbval --nbval-sanitize-with notebooks/sanitize.cfg
-BESIDE := $(wildcard notebooks/01_*.ipynb notebooks/02_*.ipynb)
+BESIDE := $(wildcard notebooks/01_*.ipynb notebooks/02_*.ipynb notebooks/06_*.ipynb)
 AFTER := $(filter-out $(BESIDE),$(wildcard notebooks/[0-9]*.ipynb))
 test: $(STAMP)
 	$(WARM)

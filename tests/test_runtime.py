@@ -95,6 +95,22 @@ def test_ort_quantization_rewrites_the_matmuls_and_keeps_quality(tiny, exported,
     assert export.ort_perplexity(session, windows.eval) <= QUALITY_FACTOR * metrics.perplexity(model, windows.eval)
 
 
+@pytest.mark.parametrize("level", [4, None])
+def test_nbits_kernel_choice_is_written_into_every_matmul(exported, tmp_path, level):
+    """accuracy_level 4 (int8 kernels on per-block int8 activations) is the default; None keeps
+    ONNX Runtime's float kernels. The choice must reach every MatMulNBits node, or the speed differs."""
+    import onnx
+
+    target = tmp_path / f"tiny-level{level}.onnx"
+    if level is None:
+        export.quantize_onnx(exported, target, "nbits", 8, accuracy_level=None)
+    else:
+        export.quantize_onnx(exported, target, "nbits", 8)  # the default
+    nodes = [n for n in onnx.load(str(target)).graph.node if n.op_type == "MatMulNBits"]
+    levels = {next((a.i for a in n.attribute if a.name == "accuracy_level"), 0) for n in nodes}
+    assert nodes and levels == {level or 0}, levels
+
+
 def test_bad_ort_settings_are_clear_errors(exported, tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         export.quantize_onnx(exported, tmp_path / "x.onnx", "gptq")
@@ -182,3 +198,20 @@ def test_onnx_runtime_decodes_with_its_cache_like_generate(tiny, exported):
     decode, prefill = session.decode_workload(context=8, new_tokens=3, vocab=model.config.vocab_size)
     prefill()
     decode()  # runs: the workload is well formed for timing.time_side_by_side
+
+
+def test_int8_projections_still_count_as_parameters(tiny):
+    """An int8 module keeps its weight packed (not an nn.Parameter): the counts must still see it,
+    or the explorer's parameter label would drop as projections are quantized."""
+    model, _, _ = tiny
+    before = metrics.count_parameters(model)
+    names = quantize.decoder_linear_names(model)
+    handle = quantize.quantize_in_place(model, names)
+    try:
+        during = metrics.count_parameters(model)
+        assert during["total"] == before["total"]
+        assert 0 < during["nonzero"] <= during["total"]
+        assert metrics.total_sparsity(model) == 0.0  # no float decoder weight left to count
+    finally:
+        handle.restore()
+    assert metrics.count_parameters(model) == before

@@ -1,4 +1,4 @@
-"""The course's command line: ``python -m course_lib {info,eval,prune,bench} MODEL``.
+"""The course's command line: ``python -m course_lib {info,eval,prune,ship,bench} MODEL``.
 
 Every command prints a readable summary, or one JSON object with ``--json``.
 """
@@ -13,7 +13,7 @@ import torch
 
 from ..core import arch, data, metrics, models, progress, timing
 from ..pruning import io
-from . import bench, options, prune
+from . import bench, options, prune, ship
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(evaluate)
     evaluate.set_defaults(run=cmd_eval)
     prune.register(sub, _common, _eval_args)
+    ship.register(sub, _common)
     bench.register(sub)
     return parser
 

@@ -71,16 +71,19 @@ def total_sparsity(model: nn.Module) -> float:
     """Fraction of zeros over all prunable decoder weights (0 for a dense model)."""
     rows = sparsity_report(model)
     params = sum(r.parameters for r in rows)
-    return 1.0 - sum(r.nonzeros for r in rows) / params
+    return 1.0 - sum(r.nonzeros for r in rows) / params if params else 0.0  # 0: none left in float (int8)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Unique parameters (tied weights counted once), decoder-only ones, and non-zeros."""
     unique = {id(p): p for p in model.parameters()}.values()
     decoder = sum(r.parameters for r in sparsity_report(model))
+    # int8 modules (torch.ao's dynamic Linear) keep their weight packed, not as a Parameter: count it too
+    packed = [m.weight() for m in model.modules() if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None))]
     return {
-        "total": sum(p.numel() for p in unique),
-        "nonzero": sum(int(torch.count_nonzero(p)) for p in unique),
+        "total": sum(p.numel() for p in unique) + sum(w.numel() for w in packed),
+        "nonzero": sum(int(torch.count_nonzero(p)) for p in unique)
+        + sum(int(torch.count_nonzero(w.int_repr())) for w in packed),
         "decoder_linear": decoder,
     }
 

@@ -118,3 +118,36 @@ def sensitivity(scan: np.ndarray, layers: Sequence[int], sparsities: Sequence[fl
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
     ax.set(title=title, xlabel="sparsity of that layer alone", ylabel="decoder layer")
     return _finish(fig)
+
+
+def stage_panels(rows, title: str = "every stage against dense float32 PyTorch"):
+    """Four panels, one bar per pipeline stage: disk MB, perplexity, prefill and decode speedups.
+
+    ``rows``: ``runtime.pipeline.StageResult``s. Speedups carry their interquartile range
+    (the paired runs) as error bars, and the axis always shows 1.0 (dense) as a line.
+    """
+    labels = [r.stage for r in rows]
+    x = np.arange(len(rows))
+    fig, axes = plt.subplots(1, 4, figsize=(12.0, 3.2))
+    panels = (("disk MB", [r.disk_bytes / 1e6 for r in rows], None),
+              ("perplexity", [r.perplexity for r in rows], None),
+              ("prefill speedup", [r.prefill_speedup for r in rows], "speed"),
+              ("decode speedup", [r.decode_speedup for r in rows], "speed"))
+    for ax, (name, values, kind) in zip(axes, panels):
+        if kind == "speed":
+            medians = np.array([s.median for s in values])
+            spread = np.array([[s.median - s.low for s in values], [s.high - s.median for s in values]])
+            ax.bar(x, medians, yerr=np.clip(spread, 0, None), capsize=3, color="#55a868")
+            ax.axhline(1.0, color="grey", lw=1, ls="--")
+            ax.set_ylim(0, max(1.2, float((medians + spread[1]).max()) * 1.15))
+            shown = medians
+        else:
+            ax.bar(x, values, color="#4c72b0")
+            shown = values
+        for i, v in enumerate(shown):
+            ax.text(i, v, f"{v:.2f}" if kind else f"{v:.0f}" if v >= 100 else f"{v:.1f}",
+                    ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    return _finish(fig)

@@ -1,4 +1,4 @@
-"""The presenter dashboard: the five lessons' explorers on one page, for a projector.
+"""The presenter dashboard: the six lessons' explorers on one page, for a projector.
 
 ``make present`` serves ``presenter/dashboard.ipynb`` with Voilà (code hidden,
 widgets only) on localhost; that notebook shows ``Dashboard()`` and starts
@@ -133,6 +133,16 @@ def prune_unstructured(scores, model, method, sparsity):
     return masks.random_prune(model, sparsity)
 
 
+def prune_quantized(scores, model, method, fraction):
+    """06: make a fraction of the projections dynamic int8, those with the fewest activation
+    outliers first (``quantize.activation_outlier_ratio``) or in layer order; restored exactly."""
+    from ..runtime import quantize
+
+    ratios = scores.outliers
+    names = sorted(ratios, key=ratios.get) if method == "fewest outliers first" else list(ratios)
+    return quantize.quantize_in_place(model, names[: round(fraction * len(names))])
+
+
 SECTIONS = (
     Section("01", "heads zeroed",
             "Heads switched off by zeroing their weights. Quality drops, but the matrices "
@@ -156,6 +166,10 @@ SECTIONS = (
             "Single weights set to zero: magnitude keeps quality far longer than random, "
             "Wanda and SparseGPT longer still, yet dense kernels run just as long.",
             ("magnitude", "random", "wanda", "sparsegpt"), "sparsity", 0.9, 0.1, prune_unstructured),
+    Section("06", "int8 projections",
+            "Projections switched to int8 weights and activations, one by one. Those with "
+            "few activation outliers take it well; the outlier ones break the model.",
+            ("fewest outliers first", "layer order"), "fraction int8", 1.0, 0.25, prune_quantized),
 )
 
 
@@ -168,7 +182,16 @@ class Scores:
 
     def __init__(self, model, calib: torch.Tensor, seed: int = 0):
         self.model, self.calib, self.seed = model, calib, seed
-        self._heads = self._neurons = None
+        self._heads = self._neurons = self._outliers = None
+
+    @property
+    def outliers(self) -> dict:
+        """max|x| / mean|x| at each projection's input on the calibration windows (lesson 6)."""
+        if self._outliers is None:
+            from ..runtime import quantize
+
+            self._outliers = quantize.activation_outlier_ratio(self.model, self.calib)
+        return self._outliers
 
     @property
     def heads(self) -> dict:

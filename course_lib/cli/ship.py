@@ -1,0 +1,73 @@
+"""The ``ship`` command: dense -> pruned -> recovered -> int8 -> ONNX Runtime, every stage measured.
+
+    python -m course_lib ship smollm2-135m --json
+    python -m course_lib ship smollm2-135m --fraction 0.25 --bits 4 --out shipped/
+
+Prints one JSON object with ``--json``: ``{"model": ..., "stages": [{"stage",
+"perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds"}, ...]}``.
+The first stage is the dense fp32 PyTorch model, the last the shipped one
+(ONNX Runtime, 8- or 4-bit weights); speedups are against the dense model,
+measured interleaved in the same run (``runtime.pipeline``).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from ..core import data, models, timing
+from ..runtime import pipeline
+from . import options
+
+RECIPES = ("mlp",)  # structured: the same fraction of MLP neurons from every layer, by activation
+
+
+def bits(text: str) -> int:
+    """``--bits``: ONNX Runtime's MatMulNBits takes 4 or 8."""
+    if text not in ("4", "8"):
+        raise argparse.ArgumentTypeError(f"{text!r}: ONNX Runtime's MatMulNBits takes 4 or 8 bits; give 4 or 8")
+    return int(text)
+
+
+def cmd_ship(args) -> dict:
+    if args.recipe not in RECIPES:
+        raise ValueError(f"--recipe {args.recipe!r} is unknown: the pipeline ships {', '.join(RECIPES)} "
+                         "(the same fraction of MLP neurons removed from every layer, by activation).")
+    model, tokenizer = models.load(args.model, device="cpu")
+    options.check_lengths(model, args)
+    windows = data.windows_for(tokenizer, getattr(model, "course_name", args.model), source=args.source,
+                               seq_len=args.seq_len, n_eval=args.n_eval, n_calib=args.n_calib)
+    with tempfile.TemporaryDirectory(prefix="course-ship-") as tmp, timing.thread_count(args.threads):
+        folder = Path(args.out).expanduser() if args.out else Path(tmp)
+        shipped = pipeline.run(model, windows, folder, fraction=args.fraction, keep_float=args.keep_float,
+                               bits=args.bits, recover=args.recover, log=lambda *_: None,
+                               tokens=args.latency_tokens, runs=args.runs, threads=args.threads)
+        rows = [row.as_dict() for row in shipped.rows]
+    result = {"model": args.model, "recipe": args.recipe, "fraction": args.fraction, "bits": args.bits,
+              "stages": rows, "eval_tokens": windows.eval_tokens,
+              "workload": f"prefill 1x{args.latency_tokens}; decode 16 tokens after 32; interleaved",
+              "threads": args.threads}
+    if args.out:
+        result["files"] = str(folder)
+    return result
+
+
+def register(sub, common) -> None:
+    parser = sub.add_parser("ship", help="prune, recover, quantize, export to ONNX Runtime: each stage measured")
+    common(parser)
+    parser.add_argument("--recipe", default="mlp", help=f"structured recipe ({', '.join(RECIPES)})")
+    parser.add_argument("--fraction", type=options.fraction, default=pipeline.DEFAULT_FRACTION,
+                        help="fraction of every layer's MLP neurons removed")
+    parser.add_argument("--no-recover", dest="recover", action="store_false",
+                        help="skip the refit stage")
+    parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8)")
+    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=pipeline.DEFAULT_KEEP_FLOAT,
+                        help="projections of largest activation outliers kept float in the PyTorch int8 stage")
+    parser.add_argument("--source", default="pydoc", help="pydoc (offline), wikitext or a .txt path")
+    parser.add_argument("--seq-len", type=options.SEQ_LEN, default=128, help="window length, tokens")
+    parser.add_argument("--n-eval", type=options.WINDOWS, default=8, help="evaluation windows")
+    parser.add_argument("--n-calib", type=options.WINDOWS, default=8, help="calibration windows")
+    parser.add_argument("--latency-tokens", type=options.TOKENS, default=128, help="prefill length timed")
+    parser.add_argument("--runs", type=options.RUNS, default=5, help="timed prefill runs after warm-up")
+    parser.add_argument("--out", default=None, metavar="DIR", help="keep every stage's file in DIR")
+    parser.set_defaults(run=cmd_ship)

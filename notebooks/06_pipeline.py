@@ -1,0 +1,413 @@
+# ---
+# jupyter:
+#   jupytext:
+#     cell_metadata_filter: tags,-all
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 6 — From pruned to shipped: quantize, export, store, serve
+#
+# Pruning is one stage of a pipeline: **prune → recover → quantize → run in a
+# runtime → serve**. This lesson takes SmolLM2 through every stage and measures
+# each one the same way, against the dense float32 PyTorch model in the same run:
+# perplexity, prefill latency, decoding speed, and the bytes of the file you
+# would ship. You will see which stage buys speed, which buys size, which costs
+# quality, and whether the gains multiply.
+
+# %% tags=["parameters"]
+MODEL = "smollm2-135m"  # stand-in for a quick check: "tiny-llama"
+N_EVAL = 4  # evaluation windows of 128 tokens
+N_CALIB = 8  # calibration windows (neuron scores, the refit, activation outliers)
+FRACTIONS = (0.125, 0.1875, 0.25)  # MLP neurons removed from every layer: the candidates
+BUDGET = 1.25  # the target: the shipped model's perplexity at most 1.25x dense
+PRUNE_SHARE = 1.20  # of which pruning may take 1.20x; quantizing and the runtime need the rest
+KEEP_FLOAT = 8  # projections with the largest activation outliers kept in float32
+BITS = 8  # ONNX Runtime weight bits (4 or 8)
+NEW_TOKENS = 32  # generated when serving
+QUICK = False  # True: fewer timing runs (to check that the lesson runs, not to read its timings)
+
+# %%
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from course_lib.core import arch, metrics, timing
+from course_lib.pruning import io, masks, mlp, recipes
+from course_lib.recover import repair
+from course_lib.runtime import export, pipeline, quantize, serve, sparse, speed, store
+from course_lib.teaching import checks, lesson, plots, summary
+from course_lib.teaching.widgets import Explorer
+
+RUNS = 2 if QUICK else 5  # timed prefill runs per stage
+run = lesson.start(MODEL, device="cpu", n_eval=N_EVAL, n_calib=N_CALIB)
+dense = run.model
+WORK = Path(tempfile.gettempdir()) / "course-lesson06"  # every stage's file, written fresh each run
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir()
+stages, files, seconds = {"dense": dense}, {}, {"dense": 0.0}
+notes = {"dense": "float32 PyTorch"}
+files["dense"] = store.save_safetensors(dense, WORK / "dense.safetensors")
+ppl = {"dense": run.perplexity()}
+print(f"dense: perplexity {ppl['dense']:.2f} ({N_EVAL} windows x 128 tokens), "
+      f"{metrics.file_bytes(files['dense']) / 1e6:.1f} MB on disk (safetensors, float32)")
+
+# %% [markdown]
+# **Predict before you run.** Which stage will write the smallest file, and how
+# much faster than dense will the shipped model decode? Write your guesses down.
+
+# %%
+my_guess_smallest = "int8 (PyTorch)"  # "pruned", "recovered", "int8 (PyTorch)", "ONNX Runtime" or "shipped"
+my_guess_decode_speedup = 1.5  # shipped vs dense float32 PyTorch, tokens per second
+print(f"your guesses: smallest file: {my_guess_smallest}; shipped decodes {my_guess_decode_speedup}x faster")
+
+# %% [markdown]
+# ## Stage 1 — structured prune, as much as the quality budget allows
+# Lesson 4's recipe: remove the MLP neurons that fire least on calibration text,
+# the same number from every layer. How many? The target allows the shipped model
+# 1.25x dense perplexity; pruning may take 1.20x of it, the later stages need the
+# rest. Measure a few cuts and take the largest within that share.
+
+# %%
+started = time.perf_counter()
+scores = mlp.neuron_importance_activation(dense, run.windows.calib)
+score_seconds = time.perf_counter() - started
+scan = {}
+for fraction in FRACTIONS:
+    trial = copy.deepcopy(dense)
+    mlp.remove_neurons(trial, recipes.uniform_neurons_request(trial, fraction, scores=scores))
+    scan[fraction] = run.perplexity(trial)
+    print(f"{fraction:.2%} of the neurons removed: perplexity {scan[fraction]:.2f} "
+          f"({scan[fraction] / ppl['dense']:.2f}x dense)")
+    del trial
+within = [f for f in FRACTIONS if scan[f] <= PRUNE_SHARE * ppl["dense"]]
+FRACTION = max(within) if within else min(FRACTIONS)
+print(f"chosen: {FRACTION:.2%}" + ("" if within else " (none is within the share: the smallest cut)"))
+
+# %% [markdown]
+# A uniform cut keeps every layer alike, so the pruned model is a *standard*
+# checkpoint: the config says the new `intermediate_size` and any tool opens it
+# with plain `from_pretrained`.
+
+# %%
+started = time.perf_counter()
+pruned = copy.deepcopy(dense)
+mlp.remove_neurons(pruned, recipes.uniform_neurons_request(pruned, FRACTION, scores=scores))
+seconds["pruned"] = score_seconds + time.perf_counter() - started
+stages["pruned"], notes["pruned"] = pruned, f"{FRACTION:.2%} of every layer's MLP neurons removed"
+files["pruned"] = io.export_pretrained(pruned, WORK / "pruned", tokenizer=run.tokenizer)
+ppl["pruned"] = run.perplexity(pruned)
+print(f"pruned: MLP width {arch.mlp_width(dense, 0)} -> {arch.mlp_width(pruned, 0)} neurons in every layer, "
+      f"perplexity {ppl['dense']:.2f} -> {ppl['pruned']:.2f}")
+
+# %%
+plain = AutoModelForCausalLM.from_pretrained(files["pruned"])  # what another tool does: no course_lib
+probe = run.windows.eval[:1]
+with torch.no_grad():
+    same = torch.equal(plain(probe).logits, pruned(probe).logits)
+run.claim("the pruned checkpoint opens with plain from_pretrained and gives the same logits", same,
+          f"config intermediate_size {plain.config.intermediate_size}, logits bit-identical: {same}")
+del plain
+
+# %% [markdown]
+# ## Stage 2 — recover
+# Each layer's `down_proj` lost a quarter of its inputs. `repair.refit` re-solves
+# it, layer by layer, so the kept neurons reproduce the dense layer's output on
+# the calibration text (a ridge least-squares fit, derived in its docstring; lesson
+# 3 used it after removing heads). No gradient steps.
+
+# %%
+started = time.perf_counter()
+recovered = copy.deepcopy(pruned)
+repair.refit(recovered, dense, run.windows.calib)
+seconds["recovered"] = time.perf_counter() - started
+stages["recovered"], notes["recovered"] = recovered, "down_proj refitted (repair.refit)"
+files["recovered"] = io.export_pretrained(recovered, WORK / "recovered", tokenizer=run.tokenizer)
+ppl["recovered"] = run.perplexity(recovered)
+print(f"perplexity: dense {ppl['dense']:.2f}, pruned {ppl['pruned']:.2f}, refitted {ppl['recovered']:.2f}")
+won_back = (ppl["pruned"] - ppl["recovered"]) / (ppl["pruned"] - ppl["dense"])
+run.claim("the refit lowers the pruned model's perplexity", ppl["recovered"] < ppl["pruned"],
+          f"{ppl['pruned']:.2f} -> {ppl['recovered']:.2f}, {won_back:.0%} of the loss won back", needs_real_model=True)
+
+# %% [markdown]
+# ## Stage 3 — int8 in PyTorch: why the naive way breaks this model
+# `quantize_dynamic` rounds weights *and activations* to int8 with one scale per
+# tensor. If a few activation channels are far larger than the rest, one scale
+# set by them leaves the ordinary channels only a few int8 steps. The ratio
+# max|x| / mean|x| at each projection's input says where that happens.
+
+# %%
+ratios = quantize.activation_outlier_ratio(recovered, run.windows.calib)
+sensitive = quantize.most_sensitive(ratios, KEEP_FLOAT)
+for name in sensitive[:4]:
+    print(f"{name:<34} max|x| / mean|x| = {ratios[name]:7.1f}")
+print(f"median over all {len(ratios)} projections: {sorted(ratios.values())[len(ratios) // 2]:.1f}")
+plots.bars({n.replace("model.layers.", "L").replace("self_attn.", "").replace("mlp.", ""): ratios[n]
+            for n in sensitive}, ylabel="max|x| / mean|x|", reference=127,
+           title=f"the {KEEP_FLOAT} projections with the largest input outliers (line: 127)")
+
+# %%
+variants = {
+    "int8, every projection": quantize.quantized_copy(recovered, "dynamic"),
+    f"int8, {KEEP_FLOAT} outliers kept float": quantize.quantized_copy(recovered, "dynamic", keep_float=sensitive),
+    "torchao int8 weight-only": quantize.quantized_copy(recovered, "torchao-int8-weight"),
+}
+quant_ppl = {label: run.perplexity(m) for label, m in variants.items()}
+for label, value in quant_ppl.items():
+    print(f"{label:<32} perplexity {value:7.2f}  ({value / ppl['recovered']:.2f}x the float model's {ppl['recovered']:.2f})")
+naive, kept, weight_only = variants
+run.claim("int8 activations in every projection cost more perplexity than keeping the outlier projections in float",
+          quant_ppl[naive] > quant_ppl[kept], f"{quant_ppl[naive]:.2f} vs {quant_ppl[kept]:.2f}",
+          needs_real_model=True)
+run.claim("weight-only int8 (activations stay float) costs less than 2% perplexity",
+          quant_ppl[weight_only] < 1.02 * ppl["recovered"],
+          f"{ppl['recovered']:.2f} -> {quant_ppl[weight_only]:.2f}")
+
+# %% [markdown]
+# Quality says weight-only; now speed. Dynamic int8 runs int8 matrix products;
+# weight-only int8 must turn the weights back into floats at every call. Which is
+# faster than float32 on this CPU?
+
+# %% tags=["nbval-ignore-output"]
+quant_time = run.latency({"float32": recovered, **variants}, runs=RUNS)
+for label in variants:
+    print(f"{label:<32} prefill {timing.speedup(quant_time['float32'], quant_time[label])}")
+
+# %%
+stages["int8 (PyTorch)"] = variants[kept]
+seconds["int8 (PyTorch)"], notes["int8 (PyTorch)"] = 0.0, f"dynamic int8, {KEEP_FLOAT} projections float"
+files["int8 (PyTorch)"] = store.save_torch(variants[kept], WORK / "int8.pt")
+ppl["int8 (PyTorch)"] = quant_ppl[kept]
+del variants[naive], variants[weight_only]
+print(f"the PyTorch int8 stage: {len(quantize.quantized_names(stages['int8 (PyTorch)']))} projections int8, "
+      f"{KEEP_FLOAT} float; saved with torch.save ({metrics.file_bytes(files['int8 (PyTorch)']) / 1e6:.1f} MB)")
+
+# %% [markdown]
+# ## Stage 4 — a runtime: ONNX Runtime, then its own 8-bit weights
+# The recovered model is exported with its KV cache as plain tensors, so one ONNX
+# file runs both the prefill and the decoding steps. ONNX Runtime's `MatMulNBits`
+# stores the weights in 8 bits with one scale per block of 32 (the embedding in 4
+# bits). Its int8 kernel rounds the activations too, but with one scale per block
+# of 32 activations, not one per tensor: an outlier channel costs only its own
+# block. (Its other kernel keeps activations in float and turns the weights back
+# into floats first: on this CPU that decodes many times *slower* than float32,
+# see the docstring of `export.quantize_onnx`.)
+
+# %%
+started = time.perf_counter()
+fp32_file = export.export_onnx(recovered, WORK / "recovered.onnx")
+seconds["ONNX Runtime"] = time.perf_counter() - started
+started = time.perf_counter()
+nbits_file = export.quantize_onnx(fp32_file, WORK / f"shipped-{BITS}bit.onnx", "nbits", BITS)
+seconds["shipped"] = time.perf_counter() - started
+stages["ONNX Runtime"], stages["shipped"] = export.OrtModel(fp32_file), export.OrtModel(nbits_file)
+files["ONNX Runtime"], files["shipped"] = fp32_file, nbits_file
+notes["ONNX Runtime"], notes["shipped"] = "float32 ONNX", f"ONNX Runtime {BITS}-bit weights, int8 kernels"
+gap = export.max_logit_gap(recovered, stages["ONNX Runtime"], run.windows.eval[:1])
+run.claim("ONNX Runtime computes the same logits as PyTorch", gap < export.LOGIT_TOLERANCE,
+          f"max gap {gap:.0e} of the largest logit, tolerance {export.LOGIT_TOLERANCE:.0e}")
+ops = stages["shipped"].op_types()
+print(f"shipped graph: {ops.get('MatMulNBits', 0)} MatMulNBits, {ops.get('GatherBlockQuantized', 0)} GatherBlockQuantized")
+for label in ("ONNX Runtime", "shipped"):
+    ppl[label] = pipeline.perplexity(stages[label], run.windows.eval)
+print(f"perplexity: PyTorch {ppl['recovered']:.2f}, ONNX float32 {ppl['ONNX Runtime']:.2f}, "
+      f"ONNX {BITS}-bit {ppl['shipped']:.2f}")
+run.claim(f"ONNX Runtime's {BITS}-bit blocks cost less than a tenth of what int8 with one scale per tensor costs",
+          ppl["shipped"] / ppl["ONNX Runtime"] - 1 < 0.1 * (quant_ppl[naive] / ppl["recovered"] - 1),
+          f"+{ppl['shipped'] / ppl['ONNX Runtime'] - 1:.1%} vs +{quant_ppl[naive] / ppl['recovered'] - 1:.0%}")
+
+# %% [markdown]
+# ## Disk: bytes of real files
+# Zeros shrink a file only in the right format. Lesson 5's unstructured 50% keeps
+# every tensor's shape; here it is saved three ways (magnitude pruning: the size
+# depends on how many zeros, not on which).
+
+# %%
+half = copy.deepcopy(dense)
+masks.magnitude_prune(half, 0.5)
+disk = {"dense safetensors": files["dense"],
+        "50% sparse, plain": store.save_safetensors(half, WORK / "sparse50.safetensors")}
+disk["50% sparse, zstd"] = store.compress_file(disk["50% sparse, plain"], "zstd")
+disk["50% sparse, bitmask"] = store.save_bitmask(half, WORK / "sparse50-bitmask.safetensors")
+del half
+for label in ("pruned", "int8 (PyTorch)", "ONNX Runtime", "shipped"):
+    disk[label] = files[label]
+sizes = {label: metrics.file_bytes(path) for label, path in disk.items()}
+for label, size in sizes.items():
+    print(f"{label:<22} {size / 1e6:7.1f} MB  ({sizes['dense safetensors'] / size:.2f}x smaller than dense)")
+run.claim("zeros alone do not shrink a file: the plain 50% sparse file is as large as the dense one",
+          abs(sizes["50% sparse, plain"] / sizes["dense safetensors"] - 1) < 0.01,
+          f"{sizes['50% sparse, plain'] / 1e6:.1f} vs {sizes['dense safetensors'] / 1e6:.1f} MB")
+run.claim("a compressor or a sparse format is what shrinks it: zstd and the bitmask both write fewer bytes",
+          max(sizes["50% sparse, zstd"], sizes["50% sparse, bitmask"]) < sizes["50% sparse, plain"],
+          f"zstd {sizes['50% sparse, zstd'] / 1e6:.1f} MB, bitmask {sizes['50% sparse, bitmask'] / 1e6:.1f} MB, "
+          f"plain {sizes['50% sparse, plain'] / 1e6:.1f} MB")
+smallest = min(files, key=lambda label: metrics.file_bytes(files[label]))
+print(f"you guessed {my_guess_smallest!r}; the smallest stage file is {smallest!r}")
+
+# %% [markdown]
+# ## Every stage, measured side by side
+# Prefill: 128 tokens, every stage interleaved run by run. Decode: 16 tokens after
+# a 32-token prompt, KV cache on, interleaved the same way. Ratios are to dense
+# float32 PyTorch, with the interquartile range of the paired runs.
+
+# %% tags=["nbval-ignore-output"]
+rows = pipeline.measure(stages, files, run.windows.eval, seconds, notes, perplexities=ppl, runs=RUNS,
+                         decode_runs=2 if QUICK else 3)
+print(pipeline.table(rows))
+by_stage = {r.stage: r for r in rows}
+plots.stage_panels(rows)
+
+# %% [markdown]
+# Decoding one token reads every weight once for little arithmetic: the bytes
+# read decide its speed. Does the runtime alone (same float32 weights) decode
+# faster, and do 8-bit weights add to it?
+
+# %%
+for label in ("ONNX Runtime", "shipped"):
+    run.claim(f"{label} decodes faster than dense float32 PyTorch", by_stage[label].decode_speedup.verdict == "faster",
+              str(by_stage[label].decode_speedup), needs_real_model=True)
+run.claim("8-bit weights decode faster than the same model in float32 ONNX Runtime",
+          by_stage["shipped"].decode_speedup.low > by_stage["ONNX Runtime"].decode_speedup.high,
+          f"paired IQRs {by_stage['shipped'].decode_speedup.low:.2f}x-{by_stage['shipped'].decode_speedup.high:.2f}x "
+          f"vs {by_stage['ONNX Runtime'].decode_speedup.low:.2f}x-{by_stage['ONNX Runtime'].decode_speedup.high:.2f}x",
+          needs_real_model=True)
+
+# %% [markdown]
+# ## The targets
+# The shipped model (pruned, refitted, 8-bit weights in ONNX Runtime) against
+# dense float32 PyTorch: at least 2x faster in prefill and in decoding, at least
+# 3x smaller on disk, perplexity at most 1.25x dense.
+
+# %% tags=["nbval-ignore-output"]
+final, base = by_stage["shipped"], by_stage["dense"]
+targets = {"prefill >= 2x faster": (final.prefill_speedup.median >= 2, str(final.prefill_speedup)),
+           "decode >= 2x faster": (final.decode_speedup.median >= 2, str(final.decode_speedup)),
+           "disk >= 3x smaller": (base.disk_bytes >= 3 * final.disk_bytes,
+                                  f"{base.disk_bytes / final.disk_bytes:.2f}x smaller"),
+           f"perplexity <= {BUDGET}x dense": (final.perplexity <= BUDGET * base.perplexity,
+                                         f"{final.perplexity / base.perplexity:.2f}x")}
+for name, (met, evidence) in targets.items():
+    print(f"target {name:<26} {'met   ' if met else 'missed'}  [{evidence}]")
+ideal = speed.ideal_speedup(metrics.flops_per_token(dense, context=128), metrics.flops_per_token(pruned, context=128))
+print(f"the FLOPs of the {FRACTION:.2%} cut allow an ideal prefill speedup of {ideal:.2f}x; the rest of the "
+      "prefill gain must come from the runtime's kernels (prefill does the arithmetic, decode reads the weights)")
+print(f"you guessed the shipped model decodes {my_guess_decode_speedup}x faster; measured {final.decode_speedup}")
+
+# %%
+steps = {"pruned": "dense", "recovered": "pruned", "ONNX Runtime": "recovered", "shipped": "ONNX Runtime"}
+costs = {stage: ppl[stage] / ppl[before] for stage, before in steps.items()}
+worst = max(costs, key=costs.get)
+print("perplexity cost of each stage: " + ", ".join(f"{s} {c:.2f}x" for s, c in costs.items()))
+run.claim("pruning is the stage that costs the most perplexity", worst == "pruned",
+          f"pruned {costs['pruned']:.2f}x, the next largest {max(c for s, c in costs.items() if s != 'pruned'):.2f}x",
+          needs_real_model=True)
+run.claim("the shipped file is at least 3x smaller than the dense safetensors",
+          metrics.file_bytes(files["dense"]) >= 3 * metrics.file_bytes(files["shipped"]),
+          f"{metrics.file_bytes(files['dense']) / 1e6:.0f} MB -> {metrics.file_bytes(files['shipped']) / 1e6:.0f} MB",
+          needs_real_model=True)
+run.claim(f"the shipped model's perplexity is within {BUDGET}x dense", ppl["shipped"] <= BUDGET * ppl["dense"],
+          f"{ppl['shipped']:.2f} vs {ppl['dense']:.2f} ({ppl['shipped'] / ppl['dense']:.2f}x)", needs_real_model=True)
+
+# %% [markdown]
+# ## Serving: greedy generation, the same prompt
+# Dense float32 PyTorch's `generate()` against the shipped model decoding in ONNX
+# Runtime with its own cache: the first words, so you read the quality too.
+
+# %%
+prompt = run.tokenizer(serve.PROMPT, return_tensors="pt").input_ids
+started = time.perf_counter()
+served = {"dense PyTorch": serve.generate_text(dense, run.tokenizer, new_tokens=NEW_TOKENS)}
+ort_tokens = stages["shipped"].generate(prompt, NEW_TOKENS)
+served["shipped ONNX"] = serve.Served(run.tokenizer.decode(ort_tokens), len(ort_tokens), 0.0)
+print(f"prompt: {serve.PROMPT}")
+for label, result in served.items():
+    print(f"{label:<14} {result.first_words(16)} ...")
+
+# %% [markdown]
+# ## 2:4 sparsity on a GPU
+# Lesson 5's zeros pay off only in a kernel that skips them. NVIDIA's sparse
+# Tensor Cores do, for the 2:4 pattern (two zeros in every four weights); torch
+# reaches them through `to_sparse_semi_structured`, on CUDA only.
+
+# %%
+reason = sparse.semi_structured_support()
+if reason is None:
+    print(sparse.semi_structured_layer_ratio())
+else:
+    print(f"2:4 kernels are not timed here: {reason}")
+    print("On a GPU of compute capability 8.0 or newer this cell times a 2:4 MLP matrix against dense.")
+
+# %% [markdown]
+# ## Explore: how many projections can go int8?
+# The slider makes a fraction of the recovered model's projections dynamic int8:
+# the ones with the *smallest* outlier ratio first, or in layer order.
+
+# %%
+by_ratio = sorted(ratios, key=ratios.get)
+in_order = list(ratios)
+
+
+def quantize_some(model, order, fraction):
+    names = (by_ratio if order == "fewest outliers first" else in_order)[: round(fraction * len(ratios))]
+    return quantize.quantize_in_place(model, names)
+
+
+explorer = Explorer(recovered, run.windows.eval[:2], quantize_some,
+                    methods=("fewest outliers first", "layer order"), amount_label="fraction int8",
+                    amount_max=1.0, step=0.25, value=0.5, title="int8, projection by projection")
+explorer.point("fewest outliers first", 0.5)
+print(f"{len(explorer.cache)} points measured (perplexity on 2 of the evaluation windows)")
+
+# %% tags=["nbval-ignore-output"]
+explorer
+
+# %% [markdown]
+# ## Your turn
+# Write `int8_rows(w)`: symmetric int8 with one scale per output row. Return
+# `(q, scale)` with `q` an `int8` tensor and `w ≈ q * scale[:, None]`.
+
+# %% tags=["solution"]
+def int8_rows(w):
+    """(q, scale): int8 codes and one float scale per row."""
+    ### BEGIN SOLUTION
+    scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+    ### END SOLUTION
+
+
+# %%
+checks.check_int8_rows(int8_rows)
+
+# %% [markdown]
+# ## Takeaways
+# Each follows from a claim or a printout above.
+# - **Size** comes from the format: the structured cut shrinks the file only by the
+#   weights it removes; 8-bit weights and a 4-bit embedding shrink it most.
+#   Unstructured zeros shrink a file only compressed or in a bitmask.
+# - **Quality** is lost in pruning (the costliest stage), partly won back by the
+#   refit; int8 *activations* with one scale per tensor break this model, while
+#   8-bit weights with a scale per block of 32 cost little.
+# - **Speed**: decoding is bound by the bytes it reads, so the runtime and 8-bit
+#   weights speed it up together; prefill is bound by arithmetic, which a small
+#   structured cut barely reduces. The gains multiply where stages touch
+#   different costs: read the prefill and decode columns for what each bought here.
+
+# %% tags=["nbval-ignore-output"]
+summary.record("06", MODEL, ppl["dense"], ppl["shipped"], 1 / by_stage["shipped"].prefill_speedup.median,
+               f"{FRACTION:.2%} MLP + refit + ONNX Runtime {BITS}-bit (shipped)")

@@ -1,0 +1,102 @@
+"""Lesson 6's pipeline (runtime.pipeline) and the ``ship`` command, on a tiny model.
+
+Every stage row must be what it says: speedups to the dense model from one
+interleaved call (dense to itself is exactly 1), bytes that are the files' bytes,
+a perplexity that is the stage's own (the ONNX float32 stage equals its PyTorch
+source; the pruned stage differs), the original model untouched, exports reused
+only for the same weights.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+from course_lib.cli.main import main
+from course_lib.core import data, models
+from course_lib.runtime import export, pipeline
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    model, tokenizer = models.load("tiny-llama", device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    windows = data.windows_for(tokenizer, "tiny-llama", seq_len=32, n_eval=2, n_calib=4)
+    folder = tmp_path_factory.mktemp("ship")
+    result = pipeline.run(model, windows, folder, fraction=0.25, log=lambda *_: None, tokens=16, runs=2,
+                          decode_runs=2, threads=1)
+    return model, before, windows, folder, result
+
+
+def test_stages_in_order_each_measured_against_dense(shipped):
+    model, before, windows, folder, result = shipped
+    rows = {r.stage: r for r in result.rows}
+    assert list(rows) == ["dense", "pruned", "recovered", "int8 (PyTorch)", "ONNX Runtime", "shipped"]
+    assert rows["dense"].prefill_speedup.median == 1.0 and rows["dense"].decode_speedup.median == 1.0
+    for row in result.rows:  # every stage's spread comes from paired runs
+        assert row.prefill_speedup.low <= row.prefill_speedup.median <= row.prefill_speedup.high
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the dense model changed"
+
+
+def test_disk_bytes_are_the_files_bytes(shipped):
+    *_, result = shipped
+    for row in result.rows:
+        assert row.disk_bytes == os.stat(result.files[row.stage]).st_size, row.stage
+    rows = {r.stage: r for r in result.rows}
+    assert rows["pruned"].disk_bytes < rows["dense"].disk_bytes  # a quarter of the MLP is gone
+    assert rows["shipped"].disk_bytes < rows["ONNX Runtime"].disk_bytes / 2  # 8-bit weights, 4-bit embedding
+
+
+def test_each_perplexity_is_the_stages_own(shipped):
+    model, before, windows, folder, result = shipped
+    rows = {r.stage: r for r in result.rows}
+    recovered = result.stages["recovered"]
+    assert rows["recovered"].perplexity == pipeline.perplexity(recovered, windows.eval)
+    assert rows["ONNX Runtime"].perplexity == pytest.approx(rows["recovered"].perplexity, rel=1e-3)
+    assert rows["pruned"].perplexity != rows["dense"].perplexity
+    assert export.max_logit_gap(recovered, result.stages["ONNX Runtime"], windows.eval[:1]) < export.LOGIT_TOLERANCE
+
+
+def test_exports_are_reused_only_for_the_same_weights(shipped, tmp_path):
+    model, *_ , result = shipped
+    recovered = result.stages["recovered"]
+    first = pipeline.cached_export(recovered, tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert pipeline.cached_export(recovered, tmp_path) == first and first.stat().st_mtime_ns == stamp
+    other = pipeline.structured_prune(model, shipped[2].calib, 0.25)
+    with torch.no_grad():
+        other.model.layers[0].mlp.down_proj.weight[0, 0] += 1.0
+    assert pipeline.cached_export(other, tmp_path) != first
+    assert not list(tmp_path.glob(".*partial*")), "a finished export left its partial file"
+
+
+def test_measure_refuses_rows_it_cannot_compare(shipped):
+    model, *_ , result = shipped
+    with pytest.raises(ValueError, match="dense"):
+        pipeline.measure({"pruned": result.stages["pruned"]}, result.files, shipped[2].eval)
+    with pytest.raises(ValueError, match="no file"):
+        pipeline.measure({"dense": model}, {}, shipped[2].eval)
+
+
+def test_ship_prints_one_json_object(capsys, tmp_path):
+    argv = ["ship", "tiny-llama", "--json", "--seq-len", "32", "--n-eval", "2", "--n-calib", "4",
+            "--latency-tokens", "16", "--runs", "2", "--threads", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "tiny-llama" and out["stages"][0]["stage"] == "dense"
+    assert out["stages"][-1]["stage"] == "shipped" and len(out["stages"]) == 6
+    for stage in out["stages"]:
+        assert set(stage) >= {"stage", "perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds"}
+    assert (tmp_path / "dense.safetensors").stat().st_size == out["stages"][0]["disk_bytes"]
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["--bits", "5"], "--bits"), (["--fraction", "1.5"], "--fraction"), (["--runs", "0"], "--runs"),
+    (["--keep-float", "-1"], "--keep-float"), (["--recipe", "heads"], "--recipe"),
+])
+def test_ship_bad_options_are_one_line_exit_2(capsys, argv, option):
+    assert main(["ship", "tiny-llama", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and option in err, err
