@@ -231,6 +231,11 @@ def test_property_topk_mask_prunes_exactly_the_lowest_scores(shape, sparsity, sc
     kept_min = sets.masked_fill(~kept, float("inf")).amin(-1)
     pruned_max = sets.masked_fill(kept, float("-inf")).amax(-1)
     assert (kept_min >= pruned_max).all()
+    # which of tied scores go: the earlier ones, exactly the first k of a stable sort
+    k = round(sparsity * width)
+    lowest = torch.sort(sets, dim=-1, stable=True).indices[:, :k]
+    reference = torch.ones_like(sets, dtype=torch.bool).scatter_(-1, lowest, False)
+    assert torch.equal(kept, reference)
 
 
 @PROPERTIES

@@ -74,14 +74,24 @@ def total_sparsity(model: nn.Module) -> float:
     return 1.0 - sum(r.nonzeros for r in rows) / params if params else 0.0  # 0: none left in float (int8)
 
 
+def _packed_weights(model: nn.Module) -> list[torch.Tensor]:
+    """Weights of int8 modules (torch.ao's dynamic Linear), kept packed rather than as a Parameter."""
+    return [m.weight() for m in model.modules() if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None))]
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Unique parameters (tied weights counted once), int8 ones included; counts no zeros (fast)."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in unique) + sum(w.numel() for w in _packed_weights(model))
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """Unique parameters (tied weights counted once), decoder-only ones, and non-zeros."""
     unique = {id(p): p for p in model.parameters()}.values()
     decoder = sum(r.parameters for r in sparsity_report(model))
-    # int8 modules (torch.ao's dynamic Linear) keep their weight packed, not as a Parameter: count it too
-    packed = [m.weight() for m in model.modules() if hasattr(m, "_packed_params") and callable(getattr(m, "weight", None))]
+    packed = _packed_weights(model)
     return {
-        "total": sum(p.numel() for p in unique) + sum(w.numel() for w in packed),
+        "total": parameter_count(model),
         "nonzero": sum(int(torch.count_nonzero(p)) for p in unique)
         + sum(int(torch.count_nonzero(w.int_repr())) for w in packed),
         "decoder_linear": decoder,

@@ -129,15 +129,16 @@ def topk_mask(scores: torch.Tensor, sparsity: float, scope: str = "row") -> torc
         k = _prune_count(scores.shape[-1], sparsity)
         if k == 0:
             return torch.ones_like(scores, dtype=torch.bool)
-        # Keep what beats each row's k-th smallest score (kthvalue is ~2x faster than topk)...
-        keep = scores > scores.kthvalue(k, dim=-1, keepdim=True).values
-        if ((~keep).sum(-1) != k).any():
-            # ...unless scores tie at a threshold (quantized weights do): then prune exactly the
-            # k lowest of every row, the earlier of tied weights first (a stable sort, as the
-            # reference implementations do; the tie-breaking moves SmolLM2's perplexity by 4%).
-            lowest = torch.sort(scores, dim=-1, stable=True).indices[..., :k]
-            keep = torch.ones_like(scores, dtype=torch.bool).scatter_(-1, lowest, False)
-        return keep
+        # Prune exactly the k lowest of every row, the earlier of tied scores first: what a stable
+        # sort's first k are (as the reference implementations do; quantized weights tie often, and
+        # the tie-breaking moves SmolLM2's perplexity by 4%). Without sorting: every score below the
+        # row's k-th smallest value goes, then the first of the scores equal to it, in row order,
+        # until k are gone (kthvalue is ~2x faster than topk, and far faster than a sort).
+        threshold = scores.kthvalue(k, dim=-1, keepdim=True).values
+        below = scores < threshold
+        tied = scores == threshold
+        room = k - below.sum(-1, keepdim=True)  # how many tied scores go, >= 1
+        return ~(below | (tied & (tied.cumsum(-1) <= room)))
     flat = scores.reshape(-1)
     return ~_lowest_k(flat, _prune_count(flat.numel(), sparsity)).reshape(scores.shape)
 

@@ -198,13 +198,13 @@ class Explorer:
                 timing.prefill_workloads(pair, tokens=self.latency_tokens), runs=self.latency_runs,
                 warmup=1, threads=torch.get_num_threads(),
                 device=next(self.model.parameters()).device.type)
-            counts = metrics.count_parameters(self.model)
+            parameters = metrics.parameter_count(self.model)
             sparsity = metrics.total_sparsity(self.model)
         finally:
             if handle is not None:
                 handle.restore()  # the next point starts from the original weights
         ratio = timing.speedup(times["dense"], times["pruned"])
-        return Point(method, amount, ppl, times["pruned"].median_ms, ratio.median, counts["total"],
+        return Point(method, amount, ppl, times["pruned"].median_ms, ratio.median, parameters,
                      sparsity, ratio.low, ratio.high, ratio.runs, times["dense"].median_ms, other)
 
     def _disk_path(self, key: tuple[str, float]) -> Path | None:
