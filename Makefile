@@ -104,7 +104,7 @@ bench-peers: $(STAMP) $(PEERS)/.installed
 	$(PY) -m course_lib info smollm2-135m >/dev/null
 	$(PEERS)/bin/python bench/peers/compare.py
 
-# The presenter dashboard: the five explorers, code hidden, large type (presenter/README.md).
+# The presenter dashboard: the six explorers, code hidden, large type (presenter/README.md).
 PORT ?= 8866
 present: $(STAMP)
 	$(PY) -m course_lib.teaching.presenter --port $(PORT)

@@ -125,7 +125,7 @@ del plain
 
 # %% [markdown]
 # ## Stage 2 — recover
-# Each layer's `down_proj` lost a quarter of its inputs. `repair.refit` re-solves
+# Each layer's `down_proj` lost the inputs of the removed neurons. `repair.refit` re-solves
 # it, layer by layer, so the kept neurons reproduce the dense layer's output on
 # the calibration text (a ridge least-squares fit, derived in its docstring; lesson
 # 3 used it after removing heads). No gradient steps.
@@ -204,8 +204,9 @@ print(f"the PyTorch int8 stage: {len(quantize.quantized_names(stages['int8 (PyTo
 # bits). Its int8 kernel rounds the activations too, but with one scale per block
 # of 32 activations, not one per tensor: an outlier channel costs only its own
 # block. (Its other kernel keeps activations in float and turns the weights back
-# into floats first: on this CPU that decodes many times *slower* than float32,
-# see the docstring of `export.quantize_onnx`.)
+# into floats first: on this course's CPU that decoded many times *slower* than
+# float32; the figures are in the docstring of `export.quantize_onnx`.)
+# <!-- quoted: export.quantize_onnx docstring, measured on SmolLM2 when the lesson was written -->
 
 # %%
 started = time.perf_counter()
@@ -369,9 +370,10 @@ def quantize_some(model, order, fraction):
 
 explorer = Explorer(recovered, run.windows.eval[:2], quantize_some,
                     methods=("fewest outliers first", "layer order"), amount_label="fraction int8",
-                    amount_max=1.0, step=0.25, value=0.5, title="int8, projection by projection")
-explorer.point("fewest outliers first", 0.5)
-print(f"{len(explorer.cache)} points measured (perplexity on 2 of the evaluation windows)")
+                    amount_max=1.0, step=0.25, value=0.0, title="int8, projection by projection")
+start = explorer.cache[("dense", 0.0)]  # the explorer's starting point: no projection int8
+print(f"the recovered model in float32: perplexity {start.perplexity:.2f} on 2 of the evaluation windows; "
+      "every other point is measured when the slider first reaches it")
 
 # %% tags=["nbval-ignore-output"]
 explorer

@@ -129,6 +129,13 @@ def test_precompute_fills_every_grid_and_a_new_session_reuses_it(tiny_dashboard)
     assert explorer.measurements == 0 and explorer.disk_hits >= 2
 
 
+def test_precompute_can_be_turned_off(tiny_dashboard, monkeypatch):
+    monkeypatch.setenv(presenter.PRECOMPUTE_ENV, "0")
+    d = tiny_dashboard
+    assert d.precompute(keys=["02"], background=False) is None
+    assert "02" not in d.explorers and d.progress.layout.display == "none"
+
+
 def test_shown_points_equal_the_library(tiny_dashboard):
     d = tiny_dashboard
     model, windows = d.model, d.windows
@@ -174,7 +181,9 @@ def test_presenter_dashboard_moves_a_slider_in_chromium(tmp_path, smollm2):
     started = time.monotonic()
     port = free_port()
     log = tmp_path / "voila.log"
-    env = presenter.server_env()  # what `make present` runs with
+    # what `make present` runs with, without the background precompute: it would spend the
+    # test's minutes on SparseGPT grids the test never reads (tested on its own above)
+    env = {**presenter.server_env(), presenter.PRECOMPUTE_ENV: "0"}
     try:
         with server(presenter.voila_command(port), port, log, env=env, timeout=60), \
                 chromium_page(tmp_path / "chromium-profile") as page:

@@ -41,6 +41,7 @@ N_CALIB = 4  # calibration windows for the activation score (computed once, ~1 s
 LATENCY_TOKENS, LATENCY_RUNS = 32, 7
 THREADS = 2
 DEFAULT_PORT = 8866
+PRECOMPUTE_ENV = "COURSE_PRESENTER_PRECOMPUTE"  # "0": no background precompute (points on demand)
 NOTEBOOK = Path(__file__).resolve().parents[2] / "presenter" / "dashboard.ipynb"
 
 # Large type for a projector. ipywidgets 8 sizes its controls with CSS variables;
@@ -299,7 +300,13 @@ class Dashboard:
         Runs in a background thread by default, so the room sees the page at once;
         a slider moved meanwhile goes first. Points land in the disk cache, so the
         next session (``make present`` again) finds them ready. Returns the thread.
+
+        ``COURSE_PRESENTER_PRECOMPUTE=0`` in the environment (``--no-precompute``) turns it
+        off: every point is then measured when the slider first reaches it.
         """
+        if os.environ.get(PRECOMPUTE_ENV, "1") == "0":
+            self.progress.layout.display = "none"
+            return None
         keys = list(self.sections) if keys is None else list(keys)
         total = sum(1 + len(self.sections[k].methods) * round(self.sections[k].amount_max / self.sections[k].step)
                     for k in keys)
@@ -386,6 +393,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.teaching.presenter",
                                      description="Serve the presenter dashboard with Voilà.")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--no-precompute", action="store_true",
+                        help="measure each point when the slider first reaches it (no background grid)")
     args = parser.parse_args(argv)
     if not NOTEBOOK.exists():
         print(f"{NOTEBOOK} is missing: run this from a checkout of the course.", file=sys.stderr)
@@ -402,7 +411,10 @@ def main(argv=None) -> int:
           "(the first page takes ~20 s; Ctrl-C stops)", flush=True)
     command = voila_command(args.port)
     # Become Voilà (no Python parent left): Ctrl-C reaches it directly and it shuts its kernel down.
-    os.execvpe(command[0], command, server_env())
+    env = server_env()
+    if args.no_precompute:
+        env[PRECOMPUTE_ENV] = "0"
+    os.execvpe(command[0], command, env)
 
 
 if __name__ == "__main__":
