@@ -5,8 +5,9 @@ Four ways to store the same weights, each written to a file whose size
 
 - ``save_safetensors``: every float32 value, zeros included (what ``save_pretrained`` writes);
 - ``compress_file``: that file through zstd (or gzip): zeros and repeated bytes shrink;
-- ``save_bitmask``: the non-zeros of each matrix plus one bit per position
-  (``numpy.packbits``), the idea of the sparse-bitmask format of compressed-tensors;
+- ``save_bitmask``: the non-zeros of each sparse matrix plus one bit per position, the
+  sparse-bitmask layout of compressed-tensors (``pruning.compressed``, which ``prune --save
+  --compress`` writes too);
 - ``save_torch``: ``torch.save`` of any state dict, e.g. an int8-quantized model's.
 
 A structurally pruned model needs none of the tricks: its matrices are smaller,
@@ -18,9 +19,10 @@ import gzip
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
+
+from ..pruning import compressed
 
 CODECS = ("zstd", "gzip")
 
@@ -55,40 +57,22 @@ def compress_file(source: str | Path, codec: str = "zstd", level: int = 3) -> Pa
 
 
 def bitmask_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Each 2-D weight as ``name.values`` (its non-zeros, row-major) and ``name.bitmask``
-    (packed bits, 1 = kept) and ``name.shape``; other tensors as they are."""
-    out: dict[str, torch.Tensor] = {}
+    """The state dict in the sparse-bitmask layout (``pruning.compressed``: every 2-D weight sparse
+    enough to gain as ``.bitmask`` / ``.compressed`` / ``.row_offsets`` / ``.shape``, the rest as
+    it is); a tied copy (lm_head = embedding) is stored once."""
+    unique: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() in seen:  # a tied copy (lm_head = embedding) is stored once
+        if tensor.data_ptr() in seen:
             continue
         seen.add(tensor.data_ptr())
-        t = tensor.detach().cpu().contiguous()
-        if t.dim() == 2 and name.endswith("weight"):
-            mask = t != 0
-            out[f"{name}.values"] = t[mask].clone()
-            out[f"{name}.bitmask"] = torch.from_numpy(np.packbits(mask.numpy().reshape(-1)))
-            out[f"{name}.shape"] = torch.tensor(t.shape, dtype=torch.int64)
-        else:
-            out[name] = t.clone()
-    return out
+        unique[name] = tensor
+    return compressed.compress_state_dict(unique)
 
 
 def unpack_bitmask(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dense tensors back from ``bitmask_state`` (bit for bit)."""
-    out = {}
-    for name, tensor in state.items():
-        if name.endswith(".values"):
-            base = name[: -len(".values")]
-            shape = tuple(int(s) for s in state[f"{base}.shape"])
-            count = int(np.prod(shape))
-            mask = np.unpackbits(state[f"{base}.bitmask"].numpy())[:count].astype(bool)
-            dense = torch.zeros(count, dtype=tensor.dtype)
-            dense[torch.from_numpy(mask)] = tensor
-            out[base] = dense.reshape(shape)
-        elif not name.endswith((".bitmask", ".shape")):
-            out[name] = tensor
-    return out
+    return compressed.decompress_state_dict(state)
 
 
 def save_bitmask(model: nn.Module, path: str | Path) -> Path:
