@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_args(evaluate)
     evaluate.set_defaults(run=cmd_eval)
     prune.register(sub, _common, _eval_args)
-    ship.register(sub, _common)
+    ship.register(sub, _common, _eval_args)
     bench.register(sub)
     return parser
 

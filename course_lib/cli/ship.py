@@ -52,7 +52,7 @@ def cmd_ship(args) -> dict:
     return result
 
 
-def register(sub, common) -> None:
+def register(sub, common, eval_args) -> None:
     parser = sub.add_parser("ship", help="prune, recover, quantize, export to ONNX Runtime: each stage measured")
     common(parser)
     parser.add_argument("--recipe", default="mlp", help=f"structured recipe ({', '.join(RECIPES)})")
@@ -63,11 +63,7 @@ def register(sub, common) -> None:
     parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8)")
     parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=pipeline.DEFAULT_KEEP_FLOAT,
                         help="projections of largest activation outliers kept float in the PyTorch int8 stage")
-    parser.add_argument("--source", default="pydoc", help="pydoc (offline), wikitext or a .txt path")
-    parser.add_argument("--seq-len", type=options.SEQ_LEN, default=128, help="window length, tokens")
-    parser.add_argument("--n-eval", type=options.WINDOWS, default=8, help="evaluation windows")
-    parser.add_argument("--n-calib", type=options.WINDOWS, default=8, help="calibration windows")
-    parser.add_argument("--latency-tokens", type=options.TOKENS, default=128, help="prefill length timed")
-    parser.add_argument("--runs", type=options.RUNS, default=5, help="timed prefill runs after warm-up")
+    eval_args(parser)  # --source, --seq-len, --n-eval, --n-calib, --latency-tokens, --runs
+    parser.set_defaults(seq_len=128, n_eval=8, n_calib=8)  # lesson 6's sizes: the pipeline in ~2 min
     parser.add_argument("--out", default=None, metavar="DIR", help="keep every stage's file in DIR")
     parser.set_defaults(run=cmd_ship)

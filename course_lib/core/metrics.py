@@ -91,7 +91,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     decoder = sum(r.parameters for r in sparsity_report(model))
     packed = _packed_weights(model)
     return {
-        "total": parameter_count(model),
+        "total": sum(p.numel() for p in unique) + sum(w.numel() for w in packed),
         "nonzero": sum(int(torch.count_nonzero(p)) for p in unique)
         + sum(int(torch.count_nonzero(w.int_repr())) for w in packed),
         "decoder_linear": decoder,

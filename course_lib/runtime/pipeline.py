@@ -218,7 +218,9 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
     started = time.perf_counter()
     nbits_file = cached_nbits(fp32_file, bits)
     seconds["shipped"] = time.perf_counter() - started
-    stages["ONNX Runtime"], stages["shipped"] = export.OrtModel(fp32_file), export.OrtModel(nbits_file)
+    threads = timing_options.get("threads", 2)
+    stages["ONNX Runtime"] = export.OrtModel(fp32_file, threads)
+    stages["shipped"] = export.OrtModel(nbits_file, threads)
     notes["ONNX Runtime"] = "float32 ONNX"
     notes["shipped"] = f"ONNX Runtime, {bits}-bit weights (MatMulNBits, int8 kernels), 4-bit embedding"
     log(f"exported in {seconds['ONNX Runtime']:.1f} s, quantized in {seconds['shipped']:.1f} s")
