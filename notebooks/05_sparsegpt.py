@@ -253,9 +253,11 @@ print(f"speedup {zeros_speedup}; you guessed {my_guess_speedup:.2f}x")
 print(f"sparsity of the copy: {metrics.total_sparsity(sparse50):.1%}")
 run.claim("50% zeros on dense kernels are not the 2x that half the work suggests: even the top of "
           "the paired runs' spread is below 1.5x", zeros_speedup.high < 1.5,
-          f"{zeros_speedup.median:.2f}x, spread {zeros_speedup.low:.2f}x-{zeros_speedup.high:.2f}x")
+          f"{zeros_speedup.median:.2f}x, spread {zeros_speedup.low:.2f}x-{zeros_speedup.high:.2f}x",
+          needs_real_model=True)  # a tiny stand-in's forward pass is overhead: its spread decides nothing
 run.claim("nor far slower: the spread reaches 0.8x or above", zeros_speedup.high >= 0.8,
-          f"{zeros_speedup.median:.2f}x, spread {zeros_speedup.low:.2f}x-{zeros_speedup.high:.2f}x")
+          f"{zeros_speedup.median:.2f}x, spread {zeros_speedup.low:.2f}x-{zeros_speedup.high:.2f}x",
+          needs_real_model=True)
 
 # %% [markdown]
 # If you guessed near 2x, you counted multiplications; the dense kernel does
