@@ -67,3 +67,29 @@ def test_python_source_is_a_second_offline_text_of_another_kind(byte_tok):
     prose_windows = data.make_windows(byte_tok, data.load_text("pydoc"), seq_len=32, n_eval=1, n_calib=1)
     code_windows = data.make_windows(byte_tok, code, seq_len=32, n_eval=1, n_calib=1)
     assert not torch.equal(prose_windows.eval, code_windows.eval)
+
+
+def test_calibration_draws_are_other_samples_of_the_first_half_and_the_same_everywhere(byte_tok):
+    text = data.load_text("pydoc")
+    ids = byte_tok(text, add_special_tokens=False).input_ids
+    first = data.make_windows(byte_tok, text, seq_len=64, n_eval=4, n_calib=6)
+    draws = [data.make_windows(byte_tok, text, seq_len=64, n_eval=4, n_calib=6, draw=k) for k in (1, 2)]
+    assert first.calib_spans == tuple((i * 64, (i + 1) * 64) for i in range(6))  # draw 0: the protocol's
+    eval_tokens = {t for a, b in first.eval_spans for t in range(a, b)}
+    for w in draws:
+        assert torch.equal(w.eval, first.eval)  # one evaluation set whatever the draw
+        starts = [a for a, _ in w.calib_spans]
+        assert starts == sorted(set(starts)) and all(a % 64 == 0 for a in starts)  # distinct slots
+        assert not {t for a, b in w.calib_spans for t in range(a, b)} & eval_tokens
+        assert max(b for _, b in w.calib_spans) <= len(ids) // 2
+        for row, (a, b) in zip(w.calib, w.calib_spans):
+            assert row.tolist() == ids[a:b]
+    assert draws[0].calib_spans != draws[1].calib_spans != first.calib_spans
+    again = data.make_windows(byte_tok, text, seq_len=64, n_eval=4, n_calib=6, draw=1)
+    assert again.calib_spans == draws[0].calib_spans  # seeded: the same sample on every run
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+def test_a_bad_draw_is_refused(byte_tok, bad):
+    with pytest.raises(ValueError, match="draw"):
+        data.make_windows(byte_tok, data.load_text("pydoc"), seq_len=64, n_eval=2, n_calib=2, draw=bad)

@@ -103,3 +103,45 @@ def test_committed_solutions_pass_and_student_stubs_fail():
             assert check(solved[fn_name]), f"{path.name}: the solution fails {check_name}"
             assert not check(stubbed[fn_name]), f"{path.name}: the stub passes {check_name}"
     assert found >= 5
+
+
+CLAIM_MARKS = ("✓ ", "✗ ", "· ")
+
+
+def _output_lines(cell):
+    for output in cell.outputs:
+        text = output.get("text") or output.get("data", {}).get("text/plain", "")
+        yield from (text if isinstance(text, str) else "".join(text)).splitlines()
+
+
+@pytest.mark.parametrize("source", PAIRS, ids=lambda p: p.stem)
+def test_no_stored_claim_failed_and_none_is_hidden_from_nbval(source):
+    """A stored ✗ is a claim the lesson's own measurement contradicted; a claim in a cell nbval
+    does not compare would never fail. Neither may be committed."""
+    nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    for index, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        claims = [line for line in _output_lines(cell) if line.startswith(CLAIM_MARKS)]
+        failed = [line for line in claims if line.startswith("✗ ")]
+        assert not failed, f"{source.stem}, code cell {index}: a stored claim failed: {failed[0]}"
+        if "nbval-ignore-output" in cell.metadata.get("tags", []):
+            assert not claims and ".claim(" not in cell.source, (
+                f"{source.stem}, code cell {index}: a claim in a cell nbval does not compare")
+
+
+@pytest.mark.parametrize("source", PAIRS, ids=lambda p: p.stem)
+def test_every_lesson_states_its_replay_tolerance(source):
+    """The tolerance nbval uses for a lesson's numbers is the one its introduction states."""
+    from course_lib.teaching import replay
+
+    nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    rtol = replay.cell_rtol(nb.metadata, {})
+    intro = "\n".join(c.source for c in nb.cells[:3] if c.cell_type == "markdown")
+    assert f"{rtol:.1%}" in intro, (f"{source.stem}: nbval compares its numbers within {rtol:.1%}; "
+                                    "say so in the introduction")
+    for cell in nb.cells:
+        for tag in cell.metadata.get("tags", []):
+            if tag.startswith(replay.TAG_PREFIX):
+                value = float(tag[len(replay.TAG_PREFIX):])
+                assert f"{value:.0%}" in cell.source or any(
+                    f"{value:.0%}" in c.source for c in nb.cells if c.cell_type == "markdown"), \
+                    f"{source.stem}: a cell compares within {value:.0%}; the lesson must say why"

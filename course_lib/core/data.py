@@ -90,11 +90,17 @@ class Windows:
 
 
 def make_windows(tokenizer, text: str, seq_len: int = 256, n_eval: int = 16, n_calib: int = 32,
-                 add_bos: bool = False) -> Windows:
+                 add_bos: bool = False, draw: int = 0) -> Windows:
     """Cut ``text`` into calibration windows (from the start) and evaluation windows (from the middle).
 
     With ``add_bos`` every window begins with the BOS token (Gemma needs it), and
     carries ``seq_len - 1`` text tokens.
+
+    ``draw`` picks the calibration sample: draw 0 is the first ``n_calib`` consecutive
+    windows; draw k >= 1 is ``n_calib`` distinct window slots of the first half, chosen at
+    random by a generator seeded with k (the same on every machine), in text order. The
+    evaluation windows are the same whatever the draw, so methods calibrated on different
+    draws are compared on the same tokens.
     """
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len}: a window needs at least 2 tokens to predict one.")
@@ -109,7 +115,12 @@ def make_windows(tokenizer, text: str, seq_len: int = 256, n_eval: int = 16, n_c
             f"evaluation windows of {seq_len} tokens (each half of the text must hold its windows). "
             "Ask for fewer or shorter windows, or use a longer text."
         )
-    calib_spans = tuple((i * step, (i + 1) * step) for i in range(n_calib))
+    if isinstance(draw, bool) or not isinstance(draw, int) or draw < 0:
+        raise ValueError(f"draw={draw!r}: the calibration draw is a whole number >= 0 "
+                         "(0: the first windows of the text; 1, 2, ...: other random samples).")
+    slots = list(range(n_calib)) if draw == 0 else sorted(
+        torch.randperm(middle // step, generator=torch.Generator().manual_seed(draw))[:n_calib].tolist())
+    calib_spans = tuple((i * step, (i + 1) * step) for i in slots)
     eval_spans = tuple((middle + i * step, middle + (i + 1) * step) for i in range(n_eval))
 
     def stack(spans):

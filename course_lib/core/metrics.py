@@ -1,6 +1,7 @@
 """What a pruned model costs and how well it still predicts.
 
-- ``perplexity``: exp(mean negative log-likelihood of every predicted token).
+- ``perplexity``: exp(mean negative log-likelihood of every predicted token);
+  ``token_nll``: that NLL token by token, for paired comparisons (``core.stats``).
 - ``count_parameters`` / ``sparsity_report``: parameters, non-zeros, sparsity per layer.
 - ``disk_size``: bytes of the saved weights, dense and compressed (zeros compress).
 - ``flops_per_token``: analytic FLOPs of one token, split by where they go.
@@ -19,30 +20,35 @@ from . import arch
 
 
 @torch.no_grad()
-def negative_log_likelihood(model: nn.Module, windows: torch.Tensor,
-                            batch_size: int = 4) -> tuple[float, int]:
-    """Summed NLL (in nats) of every predicted token, and how many tokens were predicted.
+def token_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """The negative log-likelihood (nats) of every predicted token: ``(n_windows, seq_len - 1)``.
 
-    Each window predicts tokens 1..L-1 from the ones before; summing (not
-    averaging per batch) makes the result independent of ``batch_size``.
+    Each window predicts tokens 1..L-1 from the ones before. Returned in float64 on the
+    CPU, so that sums and means over many tokens do not depend on the batch size, and
+    so that two models' NLLs of the same windows can be compared token by token
+    (``core.stats``: paired comparisons with an interval).
     """
     arch.check_token_ids(model, windows, "the evaluation windows")
     device = next(model.parameters()).device
-    total, count = 0.0, 0
+    rows = []
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(device)
         logits = model(batch, use_cache=False).logits[:, :-1].float()
         targets = batch[:, 1:]
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                 reduction="sum").item()
-        count += targets.numel()
-    return total, count
+        rows.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").double().cpu())
+    return torch.cat(rows)
+
+
+def negative_log_likelihood(model: nn.Module, windows: torch.Tensor,
+                            batch_size: int = 4) -> tuple[float, int]:
+    """Summed NLL (in nats) of every predicted token, and how many tokens were predicted."""
+    nll = token_nll(model, windows, batch_size)
+    return float(nll.sum()), nll.numel()
 
 
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
     """exp of the mean NLL over every predicted token of every window."""
-    total, count = negative_log_likelihood(model, windows, batch_size)
-    return float(torch.exp(torch.tensor(total / count, dtype=torch.float64)))
+    return float(torch.exp(token_nll(model, windows, batch_size).mean()))
 
 
 @dataclass(frozen=True)

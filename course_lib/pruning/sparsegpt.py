@@ -15,6 +15,14 @@ row's later columns. Which weights to prune is decided per block of 128 columns
 per group of M columns for N:M; the updates to columns right of the block are
 batched into one matrix product ("lazy batch updates").
 
+Precision and calibration size. H is accumulated, factored and applied in float64:
+the dampened H can have a condition number of ~100 x in_features, and float32 rounding,
+which differs between CPU kinds and thread counts, would otherwise decide which weights
+a block prunes. And H is only full-rank when calibration holds more tokens than the
+matrix has inputs (1536 for SmolLM2's ``down_proj``): with fewer, every direction the
+sample did not visit is pinned by the dampening alone, the fit follows the sample, and
+the result moves with it (lesson 5 measures this).
+
 Inputs that were always zero in calibration ("dead" inputs, H_ii = 0) carry no
 signal: their weights are set to zero and marked pruned in the returned mask,
 so the mask always describes the weights. They count towards the requested
@@ -126,8 +134,11 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
         update_block = max(pattern[1], update_block - update_block % pattern[1])
     bounds = torch.tensor([0] + (segments or [rows])).cumsum(0).tolist()
 
-    H = H.detach().float().clone()
-    Wt = W.detach().float().t().clone()  # (in, out): input column i is the contiguous row Wt[i]
+    # float64 throughout: H's condition number reaches ~100 x in_features after dampening, so
+    # float32 rounding (which differs between CPUs) would move U, and with it which weights
+    # each block prunes; in float64 the same inputs give the same masks on every machine.
+    H = H.detach().double().clone()
+    Wt = W.detach().double().t().clone()  # (in, out): input column i is the contiguous row Wt[i]
     dead = H.diagonal() == 0             # inputs that were always zero: their weights do nothing
     H[dead, dead] = 1
     Wt[dead] = 0
@@ -174,8 +185,8 @@ def check_block(what: str, value) -> int:
 
 
 def collect_hessian(stat, x: torch.Tensor):
-    """Running (sum of x x^T, token count) over (tokens, in_features) input batches."""
-    x = x.float()
+    """Running (sum of x x^T, token count) over (tokens, in_features) input batches, in float64."""
+    x = x.double()
     if stat is None:
         return x.t() @ x, x.shape[0]
     xtx, n = stat

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core import data, metrics, models, timing
+from ..core import data, metrics, models, stats, timing
 from ..core.timing import Measurement
 
 
@@ -25,11 +25,24 @@ class Lesson:
     windows: data.Windows
     device: str
     threads: int
+    source: str = "pydoc"
+
+    def calibration(self, draw: int, n_calib: int | None = None, source: str | None = None) -> torch.Tensor:
+        """Calibration windows of another draw (``data.make_windows``): same length, same count
+        (or ``n_calib``), another sample of the text's first half; the eval windows stay."""
+        return data.windows_for(self.tokenizer, self.name, source=source or self.source,
+                                seq_len=self.windows.calib.shape[1], n_eval=self.windows.eval.shape[0],
+                                n_calib=n_calib or self.windows.calib.shape[0], draw=draw).calib
 
     def perplexity(self, model=None, windows: torch.Tensor | None = None) -> float:
         """Perplexity on the lesson's eval windows, rounded to 2 decimals (stable across runs)."""
-        value = metrics.perplexity(model or self.model, self.windows.eval if windows is None else windows)
-        return round(value, 2)
+        return round(self.quality(model, windows).perplexity, 2)
+
+    def quality(self, model=None, windows: torch.Tensor | None = None) -> stats.Quality:
+        """Per-token NLL on the lesson's eval windows (or ``windows``): the perplexity, and
+        ``.vs(other)`` for a paired comparison with an interval (``core.stats``)."""
+        return stats.Quality(metrics.token_nll(model or self.model,
+                                               self.windows.eval if windows is None else windows))
 
     def claim(self, text: str, holds: bool, evidence: str = "", needs_real_model: bool = False) -> "Held":
         """``claim`` for this lesson's model (see the module function).
@@ -112,7 +125,7 @@ def start(model_name: str = "smollm2-135m", device: str | None = None, seq_len: 
     print(f"device : {device}, {threads} CPU threads, torch {torch.__version__.split('+')[0]}")
     print(f"text   : {source}; eval {n_eval} x {seq_len} tokens from the middle, "
           f"calibration {n_calib} x {seq_len} from the start (disjoint)")
-    return Lesson(model_name, model, tokenizer, windows, device, threads)
+    return Lesson(model_name, model, tokenizer, windows, device, threads, source)
 
 
 def machine() -> str:

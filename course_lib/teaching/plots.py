@@ -151,3 +151,26 @@ def stage_panels(rows, title: str = "every stage against dense float32 PyTorch")
         ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     return _finish(fig)
+
+
+def intervals(items: dict[str, tuple[float, float, float]], xlabel: str, title: str = "",
+              reference: float | None = 1.0, logx: bool = False):
+    """One row per label: a point (the estimate) and a line (its interval), and a reference line.
+
+    The picture of a decided comparison: an interval that does not cross the reference (a tie,
+    1.0 for a ratio) is drawn solid, one that crosses it hollow and grey.
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(items) + 1.2))
+    for row, (label, (value, low, high)) in enumerate(reversed(list(items.items()))):
+        decided = reference is None or low > reference or high < reference
+        color = "#4c72b0" if decided else "grey"
+        ax.plot([low, high], [row, row], color=color, lw=2)
+        ax.plot([value], [row], "o", color=color, mfc=color if decided else "white")
+    ax.set_yticks(range(len(items)), list(reversed(list(items))), fontsize=8)
+    if reference is not None:
+        ax.axvline(reference, color="grey", lw=1, ls="--")
+    if logx:
+        ax.set_xscale("log")
+    ax.set(xlabel=xlabel, title=title)
+    ax.grid(alpha=0.3, axis="x")
+    return _finish(fig)

@@ -1,0 +1,214 @@
+"""How a number is decided: paired comparisons with an interval, spreads over calibration draws.
+
+A lesson says "the pruned model is worse" or "SparseGPT beats Wanda" only when the
+measurement decides it. Three habits make that so.
+
+**Paired.** Two models are compared on the *same* tokens. Each token t has a
+negative log-likelihood under each model; the perplexity ratio is
+
+    ppl_B / ppl_A = exp(mean_t (nll_B,t - nll_A,t)),
+
+an average of per-token *differences*. Much of what makes one window hard (a rare
+word, a code block) is hard for both models and cancels in the difference, so a
+paired comparison decides with far less text than two separate perplexities would.
+
+**An interval, by the bootstrap.** How much would the ratio move on other text of
+the same kind? We cannot draw new text, but we can redraw the text we have:
+cut the evaluation tokens into blocks of ``BLOCK`` consecutive tokens (neighbouring
+tokens are correlated, blocks much less so), draw as many blocks *with replacement*,
+recompute the ratio, repeat ``RESAMPLES`` times. The middle 95% of those ratios is
+the interval (a percentile block bootstrap, seeded: the same inputs give the same
+interval on every machine). A comparison is **decided** when its interval excludes a
+tie (1.0); otherwise it is "not distinguishable at this size", and the normal
+approximation says roughly how much more text would decide it: the interval's
+half-width shrinks as 1/sqrt(tokens), so ``(z * se / |mean|)^2`` times the text.
+
+**Calibration draws.** Wanda and SparseGPT learn from a calibration sample. Another
+sample gives another pruned model, and on a small model that moves perplexity more
+than the evaluation text does. A ranking of methods is claimed only when it holds
+in every one of several calibration draws (``DrawComparison``), each draw decided by
+its own paired interval; the lesson prints the spread over draws.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BLOCK = 32         # tokens per bootstrap block
+RESAMPLES = 2000   # bootstrap resamples
+LEVEL = 0.95       # interval coverage
+SEED = 0           # the bootstrap's generator: the same inputs give the same interval anywhere
+
+
+def blocks_of(nll: torch.Tensor, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block sums and token counts of an (n_windows, tokens) NLL (or NLL difference) tensor.
+
+    Each window is cut into consecutive blocks of ``block`` tokens (the last one may be
+    shorter); blocks never cross windows, whose texts are not adjacent.
+    """
+    values = nll.detach().double().cpu().numpy()
+    if values.ndim == 1:
+        values = values[None]
+    sums, counts = [], []
+    for row in values:
+        for start in range(0, row.shape[0], block):
+            part = row[start:start + block]
+            sums.append(part.sum())
+            counts.append(part.shape[0])
+    return np.asarray(sums), np.asarray(counts, dtype=np.float64)
+
+
+def bootstrap_means(sums: np.ndarray, counts: np.ndarray, resamples: int = RESAMPLES,
+                    seed: int = SEED) -> np.ndarray:
+    """Token-weighted means of ``resamples`` block resamples (drawn with replacement)."""
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(sums), size=(resamples, len(sums)))
+    return sums[picks].sum(axis=1) / counts[picks].sum(axis=1)
+
+
+@dataclass(frozen=True)
+class PairedRatio:
+    """Perplexity of ``other`` over ``base`` on the same tokens, with its bootstrap interval."""
+
+    base: float      # perplexity of the reference model
+    other: float     # perplexity of the compared model
+    low: float       # interval of the ratio other / base
+    high: float
+    blocks: int
+    tokens: int
+    level: float = LEVEL
+    more_text: float = float("nan")  # roughly how many times more text would decide it
+
+    @property
+    def ratio(self) -> float:
+        return self.other / self.base
+
+    @property
+    def decided(self) -> bool:
+        """The interval excludes a tie."""
+        return self.low > 1 or self.high < 1
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 1:
+            return "higher"
+        if self.high < 1:
+            return "lower"
+        return "not distinguishable"
+
+    def interval(self) -> str:
+        return f"{self.level:.0%} interval {self.low:.3f}-{self.high:.3f}"
+
+    def decide_hint(self) -> str:
+        """How much more text would decide an undecided comparison, in words."""
+        if self.decided:
+            return ""
+        if not math.isfinite(self.more_text) or self.more_text > 1000:
+            return "not distinguishable at this size: no amount of text in reach would separate them"
+        return f"not distinguishable at this size: about {math.ceil(self.more_text)}x more text would decide it"
+
+    def __str__(self) -> str:
+        text = (f"{self.other:.2f} vs {self.base:.2f}: ratio {self.ratio:.3f} "
+                f"({self.interval()}, {self.blocks} blocks of {BLOCK} tokens)")
+        return text + (f"; {self.decide_hint()}" if not self.decided else "")
+
+
+def paired_ratio(nll_base: torch.Tensor, nll_other: torch.Tensor, block: int = BLOCK,
+                 resamples: int = RESAMPLES, level: float = LEVEL) -> PairedRatio:
+    """Compare two models' per-token NLLs of the same windows (``metrics.token_nll``)."""
+    if nll_base.shape != nll_other.shape:
+        raise ValueError(f"the two NLL tensors have shapes {tuple(nll_base.shape)} and "
+                         f"{tuple(nll_other.shape)}: a paired comparison needs both models' NLL "
+                         "of the same windows (metrics.token_nll on one set of windows).")
+    diff = nll_other.double() - nll_base.double()
+    sums, counts = blocks_of(diff, block)
+    means = bootstrap_means(sums, counts, resamples)
+    tail = (1 - level) / 2
+    low, high = np.exp(np.quantile(means, [tail, 1 - tail]))
+    mean = sums.sum() / counts.sum()
+    se = float(means.std())
+    z = _z(level)
+    more = (z * se / abs(mean)) ** 2 if mean != 0 else float("inf")
+    return PairedRatio(float(torch.exp(nll_base.double().mean())), float(torch.exp(nll_other.double().mean())),
+                       float(low), float(high), len(sums), int(counts.sum()), level, float(more))
+
+
+def _z(level: float) -> float:
+    """The two-sided normal quantile for ``level`` (1.96 for 95%)."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """One model's per-token NLL on a set of windows (``metrics.token_nll``): its perplexity,
+    its own interval, and paired comparisons with another model's NLL of the same windows."""
+
+    nll: torch.Tensor
+
+    @property
+    def perplexity(self) -> float:
+        return float(torch.exp(self.nll.double().mean()))
+
+    def vs(self, base: "Quality") -> PairedRatio:
+        """This model's perplexity over ``base``'s, paired on the same tokens."""
+        return paired_ratio(base.nll, self.nll)
+
+    def interval(self, level: float = LEVEL) -> tuple[float, float]:
+        """This perplexity's own (unpaired) bootstrap interval over the same blocks."""
+        sums, counts = blocks_of(self.nll)
+        tail = (1 - level) / 2
+        low, high = np.exp(np.quantile(bootstrap_means(sums, counts), [tail, 1 - tail]))
+        return float(low), float(high)
+
+    def window_perplexities(self) -> list[float]:
+        """The perplexity of each window alone."""
+        return [float(torch.exp(row.double().mean())) for row in self.nll]
+
+
+@dataclass(frozen=True)
+class DrawComparison:
+    """Method B against method A over calibration draws: one paired comparison per draw."""
+
+    label_a: str
+    label_b: str
+    draws: tuple  # PairedRatio of B over A, one per calibration draw (same evaluation windows)
+    a_values: tuple  # perplexity of A in each draw
+    b_values: tuple
+
+    @property
+    def b_lower_everywhere(self) -> bool:
+        """B's perplexity is decidedly lower than A's in every draw."""
+        return all(d.verdict == "lower" for d in self.draws)
+
+    @property
+    def b_higher_everywhere(self) -> bool:
+        return all(d.verdict == "higher" for d in self.draws)
+
+    @property
+    def verdict(self) -> str:
+        if self.b_lower_everywhere:
+            return f"{self.label_b} lower in every draw"
+        if self.b_higher_everywhere:
+            return f"{self.label_a} lower in every draw"
+        return "not decided across draws"
+
+    def __str__(self) -> str:
+        spread = lambda v: f"{min(v):.2f}-{max(v):.2f}"  # noqa: E731
+        ratios = ", ".join(f"{d.ratio:.3f} [{d.low:.3f}-{d.high:.3f}]" for d in self.draws)
+        return (f"{self.label_a} {spread(self.a_values)}, {self.label_b} {spread(self.b_values)} over "
+                f"{len(self.draws)} calibration draws; {self.label_b}/{self.label_a} per draw: {ratios}: "
+                f"{self.verdict}")
+
+
+def compare_over_draws(label_a: str, nll_a: list, label_b: str, nll_b: list) -> DrawComparison:
+    """``nll_a[k]`` and ``nll_b[k]``: per-token NLLs of methods A and B calibrated on draw k."""
+    if len(nll_a) != len(nll_b) or not nll_a:
+        raise ValueError(f"{len(nll_a)} draws of {label_a} and {len(nll_b)} of {label_b}: give both "
+                         "methods the same calibration draws (at least one).")
+    pairs = tuple(paired_ratio(a, b) for a, b in zip(nll_a, nll_b))
+    return DrawComparison(label_a, label_b, pairs, tuple(p.base for p in pairs), tuple(p.other for p in pairs))

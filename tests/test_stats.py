@@ -1,0 +1,78 @@
+"""Paired comparisons with an interval: decided only when the interval excludes a tie."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from course_lib.core import stats
+
+
+def _nll(shift: float, noise: float, seed: int, windows: int = 4, tokens: int = 127) -> tuple:
+    """Two models' per-token NLLs of the same text: shared difficulty, a shift, private noise."""
+    g = torch.Generator().manual_seed(seed)
+    difficulty = torch.rand(windows, tokens, generator=g, dtype=torch.float64) * 6
+    base = difficulty + noise * torch.randn(windows, tokens, generator=g, dtype=torch.float64)
+    other = difficulty + shift + noise * torch.randn(windows, tokens, generator=g, dtype=torch.float64)
+    return base, other
+
+
+def test_ratio_is_the_perplexity_ratio_and_blocks_cover_every_token():
+    base, other = _nll(0.1, 0.3, 0)
+    r = stats.paired_ratio(base, other)
+    assert r.ratio == pytest.approx(math.exp(other.mean() - base.mean()), rel=1e-12)
+    assert r.tokens == base.numel() and r.blocks == 4 * math.ceil(127 / stats.BLOCK)
+    assert r.low < r.ratio < r.high
+
+
+def test_a_clear_shift_is_decided_and_a_tie_is_not():
+    base, other = _nll(0.2, 0.3, 1)
+    assert stats.paired_ratio(base, other).verdict == "higher"
+    assert stats.paired_ratio(other, base).verdict == "lower"
+    base, other = _nll(0.0, 0.3, 2)
+    tie = stats.paired_ratio(base, other)
+    assert tie.verdict == "not distinguishable" and not tie.decided
+    assert "not distinguishable at this size" in str(tie)
+
+
+def test_pairing_decides_what_two_separate_perplexities_cannot():
+    # The shared difficulty varies far more than the shift: unpaired, the blocks' perplexities
+    # overlap; paired, the per-token differences cancel it and the shift is decided.
+    base, other = _nll(0.05, 0.05, 3)
+    paired = stats.paired_ratio(base, other)
+    assert paired.verdict == "higher"
+    sums_a, counts = stats.blocks_of(base)
+    sums_b, _ = stats.blocks_of(other)
+    a, b = stats.bootstrap_means(sums_a, counts, seed=1), stats.bootstrap_means(sums_b, counts, seed=2)
+    assert np.quantile(b, 0.025) < np.quantile(a, 0.975)  # separate intervals overlap
+
+
+def test_more_text_estimate_is_what_decides_text_like_this():
+    # More text "like this": the same per-token differences, repeated. Their mean stays, the
+    # interval narrows as 1/sqrt(tokens); the estimate says how many repeats it takes.
+    base, other = _nll(0.03, 0.6, 4)
+    small = stats.paired_ratio(base, other)
+    assert not small.decided and small.more_text > 1
+    k = math.ceil(small.more_text)
+    assert stats.paired_ratio(base.repeat(2 * k, 1), other.repeat(2 * k, 1)).decided
+    assert not stats.paired_ratio(base.repeat(max(1, k // 4), 1), other.repeat(max(1, k // 4), 1)).decided
+
+
+def test_the_interval_is_the_same_on_every_run():
+    base, other = _nll(0.1, 0.3, 5)
+    assert str(stats.paired_ratio(base, other)) == str(stats.paired_ratio(base.clone(), other.clone()))
+
+
+def test_mismatched_windows_are_refused():
+    base, other = _nll(0.1, 0.3, 6)
+    with pytest.raises(ValueError, match="same windows"):
+        stats.paired_ratio(base, other[:3])
+
+
+def test_a_ranking_holds_only_when_every_draw_decides_it():
+    draws = [_nll(-0.1, 0.3, s) for s in (7, 8, 9)]
+    result = stats.compare_over_draws("A", [a for a, _ in draws], "B", [b for _, b in draws])
+    assert result.b_lower_everywhere and "B lower in every draw" in str(result)
+    mixed = draws[:2] + [_nll(0.0, 0.3, 10)]
+    result = stats.compare_over_draws("A", [a for a, _ in mixed], "B", [b for _, b in mixed])
+    assert not result.b_lower_everywhere and result.verdict == "not decided across draws"
