@@ -253,3 +253,48 @@ def test_semi_structured_on_gpu_keeps_logits():
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert sparse.semi_structured_layer_ratio(runs=5, warmup=2) > 0
     handle.restore()
+
+
+def _fake_prefill(speedups):
+    """A stand-in for timing.compare_prefill whose pruned model is ``speedups[i]`` x faster on call i."""
+    from course_lib.core import timing
+
+    calls = []
+
+    def compare(models, **kwargs):
+        factor = speedups[min(len(calls), len(speedups) - 1)]
+        calls.append(factor)
+        label = [k for k in models if k != "dense"][0]
+        dense = [0.100 + 0.001 * i for i in range(5)]
+        return {"dense": timing.Measurement.from_times("dense", dense, "cpu", 2),
+                label: timing.Measurement.from_times(label, [t / factor for t in dense], "cpu", 2)}
+    return compare, calls
+
+
+@pytest.mark.parametrize("speedups, remeasured, plausible", [
+    ((3.0, 1.15), 1, True),          # an artifact, then a believable figure: the second one is kept
+    ((3.0, 3.0, 3.0), 2, False),     # it stays beyond physics: reported as implausible
+    ((1.15,), 0, True),              # believable at once: timed once
+])
+def test_a_speedup_far_above_its_ideal_is_remeasured_and_never_plausible(monkeypatch, speedups, remeasured,
+                                                                       plausible):
+    from course_lib.core import timing
+
+    fake, calls = _fake_prefill(speedups)
+    monkeypatch.setattr(timing, "compare_prefill", fake)
+    model = models.load("tiny-llama")[0]
+    pruned = copy.deepcopy(model)
+    result = speed.measure_speedup(model, pruned, ideal=1.2, runs=5)
+    assert result.remeasured == remeasured and len(calls) == remeasured + 1
+    assert result.plausible is plausible
+    assert result.prefill_speedup == pytest.approx(speedups[min(remeasured, len(speedups) - 1)])
+
+
+def test_explain_gap_does_not_explain_a_shortfall_that_did_not_happen():
+    model = models.load("tiny-llama")[0]
+    pruned = copy.deepcopy(model)
+    remove_neurons(pruned, {i: list(range(8)) for i in range(len(arch.decoder_layers(pruned)))})
+    dense_f, pruned_f = metrics.flops_per_token(model), metrics.flops_per_token(pruned)
+    ideal = speed.ideal_speedup(dense_f, pruned_f)
+    assert "falls short" not in speed.explain_gap(dense_f, pruned_f, ideal * 1.0)
+    assert "falls short" in speed.explain_gap(dense_f, pruned_f, ideal * 0.8)
