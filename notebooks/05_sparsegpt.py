@@ -3,7 +3,7 @@
 #   jupytext:
 #     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
-#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     notebook_metadata_filter: kernelspec,jupytext,course,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -12,6 +12,8 @@
 #     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
+#   course:
+#     replay_rtol: 0.002
 # ---
 
 # %% [markdown]

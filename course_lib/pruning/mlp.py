@@ -199,6 +199,47 @@ def least_important_neurons(scores, fraction: float, per_layer: bool = True) -> 
     return {layer: sorted(ix) for layer, ix in chosen.items() if ix}
 
 
+def parameters_per_neuron(model: nn.Module, layer: int = 0) -> int:
+    """Parameters one neuron of ``layer`` holds: its row (and bias) in every matrix that
+    produces it, its column in the matrix that reads it (3 x hidden for a gated MLP)."""
+    width = arch.mlp_width(model, layer)
+    count = 0
+    for module in arch.mlp(arch.decoder_layers(model)[layer]).modules():
+        if not arch.is_linear(module):
+            continue
+        out_features, in_features = arch.weight_matrix(module).shape
+        if out_features == width:  # produces the neurons: a row each, and a bias entry
+            count += in_features + (1 if getattr(module, "bias", None) is not None else 0)
+        elif in_features == width:  # reads them: a column each
+            count += out_features
+    return count
+
+
+def neurons_for_parameters(model: nn.Module, scores, parameters: int) -> dict[int, list[int]]:
+    """A ``{layer: [neurons]}`` request that removes ``parameters`` parameters (or the nearest
+    count below, whole neurons), spread over the layers as evenly as whole neurons allow.
+
+    For comparisons at an exactly equal budget (width against depth): the neuron count is
+    ``parameters // parameters_per_neuron``; each layer takes the same share, and the few
+    left over go to the layers whose next neuron scores lowest. In every layer, the
+    lowest-scoring neurons go.
+    """
+    per = {i: parameters_per_neuron(model, i) for i in range(len(arch.decoder_layers(model)))}
+    if len(set(per.values())) != 1:
+        raise ValueError("neurons_for_parameters needs every layer's neurons to hold the same parameter "
+                         f"count; this model's differ ({sorted(set(per.values()))}).")
+    total = parameters // next(iter(per.values()))
+    scores = [torch.as_tensor(np.asarray(s), dtype=torch.float64).reshape(-1) for s in scores]
+    order = [torch.argsort(s, stable=True) for s in scores]
+    base, extra = divmod(total, len(scores))
+    if base + (extra > 0) >= min(s.numel() for s in scores):
+        raise ValueError(f"{parameters} parameters are {total} neurons, more than the layers can give "
+                         "while each keeps one: ask for fewer.")
+    next_score = torch.tensor([float(s[o[base]]) for s, o in zip(scores, order)])
+    lucky = set(torch.argsort(next_score, stable=True)[:extra].tolist())
+    return {layer: sorted(o[:base + (layer in lucky)].tolist()) for layer, o in enumerate(order)}
+
+
 def kept_neurons(model: nn.Module) -> dict[int, list[int] | None]:
     """Per layer, the original neuron indices still present (None: never pruned)."""
     return {i: getattr(arch.mlp(block), KEPT_NEURONS_ATTR, None)
