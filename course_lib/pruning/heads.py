@@ -403,7 +403,7 @@ def head_importance_contribution(model: nn.Module, windows: torch.Tensor,
     windows = _windows_tensor(windows)
     layers = arch.decoder_layers(model)
     totals = [None] * len(layers)
-    hooks = []
+    hooks = {}
     for index, block in enumerate(layers):
         out_proj = _out_proj(model, arch.attention(block))
         shape = arch.attention_shape(model, index)
@@ -415,15 +415,8 @@ def head_importance_contribution(model: nn.Module, windows: torch.Tensor,
             share = torch.einsum("thd,ohd->tho", x, blocks).norm(dim=-1).sum(0)
             totals[index] = share if totals[index] is None else totals[index] + share
 
-        hooks.append(out_proj.register_forward_pre_hook(record))
-    try:
-        device = next(model.parameters()).device
-        for start in range(0, windows.shape[0], batch_size):
-            model(windows[start:start + batch_size].to(device), use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    tokens = windows.numel()
+        hooks[out_proj] = record
+    tokens = arch.forward_windows(model, windows, batch_size, pre_hooks=hooks)
     return _per_layer_table([(t / tokens).tolist() for t in totals])
 
 

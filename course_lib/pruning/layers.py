@@ -158,7 +158,6 @@ def block_influence(model: nn.Module, windows, batch_size: int = 4) -> torch.Ten
     arch.check_token_ids(model, windows, "the calibration windows")
     layers = arch.decoder_layers(model)
     sums = torch.zeros(len(layers), dtype=torch.float64)
-    tokens = 0
 
     def make_hook(i):
         def hook(module, args, kwargs, output):
@@ -167,17 +166,8 @@ def block_influence(model: nn.Module, windows, batch_size: int = 4) -> torch.Ten
             sums[i] += (1 - cos).double().sum().cpu()
         return hook
 
-    hooks = [layer.register_forward_hook(make_hook(i), with_kwargs=True)
-             for i, layer in enumerate(layers)]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            model(batch, use_cache=False)
-            tokens += batch.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = arch.forward_windows(model, windows, batch_size,
+                                  kwargs_hooks={layer: make_hook(i) for i, layer in enumerate(layers)})
     return (sums / tokens).float()
 
 

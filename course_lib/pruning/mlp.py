@@ -144,7 +144,6 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
     windows = _windows_tensor(windows)
     layers = arch.decoder_layers(model)
     sums = [None] * len(layers)
-    tokens = 0
 
     def make_hook(i):
         def hook(module, args):
@@ -153,17 +152,8 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
             sums[i] = total if sums[i] is None else sums[i] + total
         return hook
 
-    hooks = [_down(model, arch.mlp(block)).register_forward_pre_hook(make_hook(i))
-             for i, block in enumerate(layers)]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            model(batch, use_cache=False)
-            tokens += batch.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = arch.forward_windows(model, windows, batch_size, pre_hooks={
+        _down(model, arch.mlp(block)): make_hook(i) for i, block in enumerate(layers)})
     return [(s / tokens).cpu() for s in sums]
 
 

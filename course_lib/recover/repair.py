@@ -137,20 +137,14 @@ def collect(pruned: nn.Module, dense: nn.Module, windows: torch.Tensor, names=No
             targets[name] = y.reshape(-1, y.shape[-1])
         return hook
 
-    hooks = [p_mods[n].register_forward_pre_hook(grab_input(n)) for n in names]
-    hooks += [d_mods[n].register_forward_hook(grab_target(n)) for n in names]
-    device = next(pruned.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            dense(batch, use_cache=False)
-            pruned(batch, use_cache=False)
-            for n in names:
-                batch_stat = _statistics(inputs.pop(n), targets.pop(n))
-                stats[n] = batch_stat if n not in stats else stats[n].add(batch_stat)
-    finally:
-        for h in hooks:
-            h.remove()
+    def fold():
+        for n in names:
+            batch_stat = _statistics(inputs.pop(n), targets.pop(n))
+            stats[n] = batch_stat if n not in stats else stats[n].add(batch_stat)
+
+    arch.forward_windows(pruned, windows, batch_size, paired=dense, after_batch=fold,
+                         pre_hooks={p_mods[n]: grab_input(n) for n in names},
+                         hooks={d_mods[n]: grab_target(n) for n in names})
     return stats
 
 
