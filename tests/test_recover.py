@@ -72,6 +72,27 @@ def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
     assert torch.equal(logits(pruned), before_logits)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "heads"])
+def test_refit_in_several_batches_fits_what_one_batch_fits(kind):
+    """The walk may take the windows a few at a time (less memory): every batch's inputs reach
+    the fit, paired token by token with the dense targets, so the refit is the same."""
+    dense, pruned = pruned_pair("tiny-llama", kind)
+    unrepaired = {n: m.weight.detach().clone() for n, m in R.output_projections(pruned).items()}
+    one_batch = copy.deepcopy(pruned)
+    first = R.refit(one_batch, dense, CALIB)
+    handle = R.refit(pruned, dense, CALIB, walk_batch_size=3)  # 8 windows: batches of 3, 3 and 2
+    assert handle.info["errors"].keys() == first.info["errors"].keys()
+    for n, row in handle.info["errors"].items():
+        assert row["refit"] == first.info["errors"][n]["refit"]
+        assert row["after"] == pytest.approx(first.info["errors"][n]["after"], rel=1e-4)
+    batched, whole = R.output_projections(pruned), R.output_projections(one_batch)
+    for n in batched:
+        torch.testing.assert_close(batched[n].weight, whole[n].weight, rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(batched[n].weight, unrepaired[n]) for n in batched)  # it refit something
+    with pytest.raises(ValueError, match="walk_batch_size"):
+        R.refit(copy.deepcopy(one_batch), dense, CALIB, walk_batch_size=0)
+
+
 def test_refit_equals_lstsq_on_captured_activations():
     dense, pruned = pruned_pair("tiny-llama", "mlp")
     name = R.changed_projections(pruned, dense)[0]
