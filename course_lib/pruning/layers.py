@@ -46,8 +46,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..core import arch, metrics
-from .heads import _windows_tensor
+from ..core import arch, data, metrics
 from .undo import PruneHandle, restoring_on_error
 
 KEPT_LAYERS_ATTR = "course_kept_layers"
@@ -154,7 +153,7 @@ def _hidden_out(output) -> torch.Tensor:
 @torch.no_grad()
 def block_influence(model: nn.Module, windows, batch_size: int = 4) -> torch.Tensor:
     """Per layer, ``1 - mean cos(h_in, h_out)`` over every calibration token (higher = more important)."""
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     arch.check_token_ids(model, windows, "the calibration windows")
     layers = arch.decoder_layers(model)
     sums = torch.zeros(len(layers), dtype=torch.float64)
@@ -207,7 +206,7 @@ def skip_perplexity(model: nn.Module, windows, batch_size: int = 4) -> torch.Ten
 
     Subtract the dense perplexity for "the increase when skipped"; ranking is the same.
     """
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     out = []
     for i in range(len(arch.decoder_layers(model))):
         with skipping(model, [i]):
