@@ -114,8 +114,6 @@ def test_importance_scores_and_selection():
         states = model(windows, output_hidden_states=True, use_cache=False).hidden_states
     cos = torch.nn.functional.cosine_similarity(states[1], states[2], dim=-1)
     torch.testing.assert_close(bi[1], (1 - cos).mean(), atol=1e-5, rtol=0)
-    skip = L.skip_perplexity(model, windows)
-    assert skip.shape == (N_LAYERS,)
     assert L.least_important_layers([0.5, 0.1, 0.3, 0.2], 2) == [1, 3]
     assert L.contiguous_block([0.5, 0.3, 0.1, 0.2], 2) == [2, 3]
     assert L.contiguous_block([0.5, 0.1, 0.3, 0.9], 2) == [1, 2]
