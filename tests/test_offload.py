@@ -57,11 +57,11 @@ def test_the_walk_keeps_no_copy_of_offloaded_weights(tmp_path):
 
 
 def test_a_bench_rerun_keeps_the_offload_section(tmp_path):
-    from course_lib.cli import bench
+    from course_lib.cli.bench import report
     results = tmp_path / "results.md"
     results.write_text("# old\n\n## Checks\nx\n\n## Pruning beyond memory (decoder offloaded to disk)\n\n| a |\n")
-    assert bench._kept_sections(results).strip().startswith("## Pruning beyond memory")
-    assert "Checks" not in bench._kept_sections(results)
+    assert report._kept_sections(results).strip().startswith("## Pruning beyond memory")
+    assert "Checks" not in report._kept_sections(results)
 
 
 def _offloaded_tiny(tmp_path, name="tiny-llama"):
