@@ -32,7 +32,7 @@ After ``remove_layers`` the model is a normal, smaller model:
   renumbered ``0..L-k-1``: the KV cache is a list indexed by ``layer_idx``, and a
   stale index would make ``generate()`` read another layer's keys, or find an
   empty slot 0 and restart the positions;
-- ``model.save_pretrained`` writes it and a plain ``AutoModelForCausalLM.from_pretrained``
+- ``io.export_pretrained`` writes it and a plain ``AutoModelForCausalLM.from_pretrained``
   loads it back, no course code needed.
 
 Every change goes through a ``PruneHandle``: ``restore()`` puts the original
