@@ -186,21 +186,26 @@ def test_distil_lowers_kl_in_place_and_undoes(name):
     assert torch.equal(logits(pruned), before)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "one zeroed neuron"])
 def test_distil_keeps_an_unstructured_prune_sparse(method):
-    """Training a 50%-sparse student: the pruned weights stay exactly zero (re-applied after
-    every step), the others train, and restore() still puts the sparse model back."""
+    """Training a 50%-sparse student (or one with a single neuron zeroed: rare zeros, kept as
+    positions): the pruned weights stay exactly zero (re-applied after every step), the others
+    train, and restore() still puts the pruned model back."""
     from course_lib.core import arch
     from course_lib.pruning.recipes import prune_with
     dense, _ = models.load("tiny-llama")
     student = copy.deepcopy(dense)
-    prune_with(student, method, 0.5, None, CALIB).make_permanent()
+    if method == "one zeroed neuron":
+        M.zero_neurons(student, {0: [3]}).make_permanent()
+    else:
+        prune_with(student, method, 0.5, None, CALIB).make_permanent()
     sparse = {n: m.weight.detach().clone() for n, m in arch.prunable_linears(student).items()}
     handle, _ = D.distil(student, dense, CALIB, steps=3, lr=1e-3, quiet=True)
     trained = {n: m.weight.detach() for n, m in arch.prunable_linears(student).items()}
     for n, w in sparse.items():
         assert torch.equal(trained[n] == 0, w == 0), n  # the same zeros, no new ones
     assert all(not torch.equal(trained[n], w) for n, w in sparse.items())  # every matrix trained
+    assert any(w.dtype == torch.bool for _, w in D.zero_masks(student)) == (method != "one zeroed neuron")
     assert handle.info["zeros_kept"] == sum(int((w == 0).sum()) for w in sparse.values())
     handle.restore()
     assert all(torch.equal(m.weight, sparse[n]) for n, m in arch.prunable_linears(student).items())

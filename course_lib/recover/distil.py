@@ -73,13 +73,28 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 
 def zero_masks(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(weight, where it is exactly zero) for every decoder matrix that holds a zero."""
+    """(weight, where it is exactly zero) for every decoder matrix that holds a zero.
+
+    Where: a boolean mask, or the flat positions when zeros are rare (8 bytes each
+    instead of 1 per weight: a dense model's few zeros cost next to nothing).
+    """
     out = []
     for module in arch.prunable_linears(model).values():
         zeros = module.weight.detach() == 0
-        if bool(zeros.any()):
-            out.append((module.weight, zeros))
+        count = int(zeros.sum())
+        if count:
+            out.append((module.weight, zeros if 8 * count > zeros.numel() else zeros.view(-1).nonzero()[:, 0]))
     return out
+
+
+@torch.no_grad()
+def hold_zeros(zeros: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    """Set every weight listed by ``zero_masks`` back to zero."""
+    for weight, where in zeros:
+        if where.dtype == torch.bool:
+            weight.masked_fill_(where, 0)
+        else:
+            weight.view(-1).index_fill_(0, where, 0)
 
 
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -160,9 +175,7 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            with torch.no_grad():
-                for weight, mask in zeros:  # pruned weights stay pruned
-                    weight.masked_fill_(mask, 0)
+            hold_zeros(zeros)  # pruned weights stay pruned
             train_seconds += time.perf_counter() - t0
             bar.set_postfix(kl=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == steps:
@@ -178,5 +191,5 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
     report.seconds = time.perf_counter() - started
     report.train_seconds = train_seconds
     handle.info = {"kind": "distil", "steps": steps, "lr": lr, "batch_size": batch_size,
-                   "history": report.history, "zeros_kept": sum(int(m.sum()) for _, m in zeros)}
+                   "history": report.history, "zeros_kept": sum(int(w.sum()) if w.dtype == torch.bool else w.numel() for _, w in zeros)}
     return handle, report
