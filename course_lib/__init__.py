@@ -1,14 +1,19 @@
 """course_lib: the library behind "Pruning LLMs, hands-on".
 
 Organised by what the student learns; arrows point down only (cli and teaching
-use runtime and pruning, which use core):
+use runtime, recover and pruning, which use core):
 
-- ``core``: what we prune and how we measure it (models, data, arch, metrics, timing);
-- ``pruning``: the kernels, one module per family (masks, heads, mlp, wanda, sparsegpt,
-  calibrate, undo, io, recipes);
-- ``runtime``: where speed comes from (speed: ideal vs measured; sparse: CSR/BSR, 2:4);
+- ``core``: what we prune and how we measure it (arch, models, data, metrics, timing,
+  progress);
+- ``pruning``: the kernels, one module per family (masks, slicing, heads, mlp, layers,
+  calibrate, wanda, sparsegpt, one_layer, allocation, offload, compressed, undo, io, recipes);
+- ``recover``: winning quality back after a structured prune (repair: the closed-form
+  refit; distil: KL distillation from the dense model; recipes);
+- ``runtime``: from a pruned model to a shipped one (speed: ideal vs measured; sparse:
+  CSR/BSR, 2:4; quantize: int8 in PyTorch; export: ONNX and ONNX Runtime; store: files
+  on disk; serve: generation; pipeline: every stage measured; optional: missing extras);
 - ``teaching``: lesson, widgets, plots, checks, student, presenter, summary, run_all;
-- ``cli``: ``python -m course_lib`` (info, eval, prune, bench).
+- ``cli``: ``python -m course_lib`` (info, eval, prune, ship, bench).
 """
 import os
 

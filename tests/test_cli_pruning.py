@@ -107,3 +107,14 @@ def test_bench_quick_writes_the_report(tmp_path, capsys):
     assert result["quick"] and result["machine"]["threads"] == 1
     assert {row["configuration"] for row in result["latency"]} >= {"CSR 50% on MLP layers",
                                                                    "unstructured 50% zeros, dense kernel"}
+    # --render: the report again from results.json, now with a recovery table measured since
+    measured = (tmp_path / "results.json").read_text()
+    (tmp_path / "recovery.md").write_text("## Recovery after a structured prune\n\n| measured later |\n")
+    (tmp_path / "results.png").unlink()
+    assert main(["bench", "--render", "--out", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"] == str(tmp_path / "results.md")
+    rendered = (tmp_path / "results.md").read_text()
+    assert rendered.startswith(text) and "| measured later |" in rendered  # the same report, plus recovery
+    assert (tmp_path / "results.json").read_text() == measured and (tmp_path / "results.png").is_file()
+    assert main(["bench", "--render", "--out", str(tmp_path / "nothing")]) == 2
+    assert "run `python -m course_lib bench" in capsys.readouterr().err

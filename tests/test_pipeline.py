@@ -25,7 +25,7 @@ def shipped(tmp_path_factory):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     windows = data.windows_for(tokenizer, "tiny-llama", seq_len=32, n_eval=2, n_calib=4)
     folder = tmp_path_factory.mktemp("ship")
-    result = pipeline.run(model, windows, folder, fraction=0.25, log=lambda *_: None, tokens=16, runs=2,
+    result = pipeline.run(model, windows, folder, fraction=0.25, keep_float=8, log=lambda *_: None, tokens=16, runs=2,
                           decode_runs=2, threads=1)
     return model, before, windows, folder, result
 

@@ -72,6 +72,27 @@ def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
     assert torch.equal(logits(pruned), before_logits)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "heads"])
+def test_refit_in_several_batches_fits_what_one_batch_fits(kind):
+    """The walk may take the windows a few at a time (less memory): every batch's inputs reach
+    the fit, paired token by token with the dense targets, so the refit is the same."""
+    dense, pruned = pruned_pair("tiny-llama", kind)
+    unrepaired = {n: m.weight.detach().clone() for n, m in R.output_projections(pruned).items()}
+    one_batch = copy.deepcopy(pruned)
+    first = R.refit(one_batch, dense, CALIB)
+    handle = R.refit(pruned, dense, CALIB, walk_batch_size=3)  # 8 windows: batches of 3, 3 and 2
+    assert handle.info["errors"].keys() == first.info["errors"].keys()
+    for n, row in handle.info["errors"].items():
+        assert row["refit"] == first.info["errors"][n]["refit"]
+        assert row["after"] == pytest.approx(first.info["errors"][n]["after"], rel=1e-4)
+    batched, whole = R.output_projections(pruned), R.output_projections(one_batch)
+    for n in batched:
+        torch.testing.assert_close(batched[n].weight, whole[n].weight, rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(batched[n].weight, unrepaired[n]) for n in batched)  # it refit something
+    with pytest.raises(ValueError, match="walk_batch_size"):
+        R.refit(copy.deepcopy(one_batch), dense, CALIB, walk_batch_size=0)
+
+
 def test_refit_equals_lstsq_on_captured_activations():
     dense, pruned = pruned_pair("tiny-llama", "mlp")
     name = R.changed_projections(pruned, dense)[0]
@@ -163,6 +184,34 @@ def test_distil_lowers_kl_in_place_and_undoes(name):
     assert all(not p.requires_grad or p.grad is None for p in pruned.parameters())
     handle.restore()
     assert torch.equal(logits(pruned), before)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "one zeroed neuron"])
+def test_distil_keeps_an_unstructured_prune_sparse(method):
+    """Training a 50%-sparse student (or one with a single neuron zeroed: rare zeros, kept as
+    positions): the pruned weights stay exactly zero (re-applied after every step), the others
+    train, and restore() still puts the pruned model back."""
+    from course_lib.core import arch
+    from course_lib.pruning.recipes import prune_with
+    dense, _ = models.load("tiny-llama")
+    student = copy.deepcopy(dense)
+    if method == "one zeroed neuron":
+        M.zero_neurons(student, {0: [3]}).make_permanent()
+    else:
+        prune_with(student, method, 0.5, None, CALIB).make_permanent()
+    sparse = {n: m.weight.detach().clone() for n, m in arch.prunable_linears(student).items()}
+    handle, _ = D.distil(student, dense, CALIB, steps=3, lr=1e-3, quiet=True)
+    trained = {n: m.weight.detach() for n, m in arch.prunable_linears(student).items()}
+    for n, w in sparse.items():
+        assert torch.equal(trained[n] == 0, w == 0), n  # the same zeros, no new ones
+    assert all(not torch.equal(trained[n], w) for n, w in sparse.items())  # every matrix trained
+    assert any(w.dtype == torch.bool for _, w in D.zero_masks(student)) == (method != "one zeroed neuron")
+    assert handle.info["zeros_kept"] == sum(int((w == 0).sum()) for w in sparse.values())
+    handle.restore()
+    assert all(torch.equal(m.weight, sparse[n]) for n, m in arch.prunable_linears(student).items())
+    refilled, _ = D.distil(student, dense, CALIB, steps=1, lr=1e-3, quiet=True, keep_zeros=False)
+    assert any(not torch.equal(m.weight == 0, sparse[n] == 0) for n, m in arch.prunable_linears(student).items())
+    refilled.restore()
 
 
 def test_distil_refuses_bad_input():

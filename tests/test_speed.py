@@ -78,7 +78,7 @@ def test_bad_layout_and_blocks_are_refused():
 
 
 # ------------------------------------------------------------------ swapping into a model
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-qwen2"])  # qwen2: q/k/v biases too
 @pytest.mark.parametrize("layout", ["csr", "bsr"])
 def test_swapping_sparse_modules_keeps_logits_and_restores_bit_exactly(name, layout):
     model, _ = models.load(name)
@@ -101,16 +101,6 @@ def test_swapping_sparse_modules_keeps_logits_and_restores_bit_exactly(name, lay
     with torch.no_grad():
         assert torch.equal(model(ids).logits, masked_logits)
     pruning.restore()
-
-
-def test_sparse_swap_error_is_tiny_and_leaves_the_model_dense():
-    model, _ = models.load("tiny-qwen2")  # q/k/v biases go through SparseLinear too
-    handle = sparse.prune_for_sparse_kernels(model, 0.9, "bsr", blocksize=32,
-                                            names=list(arch.prunable_linears(model)))
-    ids = torch.randint(0, 258, (1, 10))
-    assert sparse.sparse_swap_error(model, ids, "bsr") < 1e-5
-    assert len(arch.prunable_linears(model)) == 2 * 7
-    handle.restore()
 
 
 def test_mlp_names_select_only_mlp_layers():

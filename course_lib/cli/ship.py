@@ -20,6 +20,8 @@ from ..runtime import pipeline
 from . import options
 
 RECIPES = ("mlp",)  # structured: the same fraction of MLP neurons from every layer, by activation
+FRACTION = 0.1875  # MLP neurons removed per layer: lesson 6's choice on SmolLM2 (its quality budget)
+KEEP_FLOAT = 8  # projections with the largest activation outliers kept float in PyTorch int8 (lesson 6)
 
 
 def bits(text: str) -> int:
@@ -56,12 +58,12 @@ def register(sub, common, eval_args) -> None:
     parser = sub.add_parser("ship", help="prune, recover, quantize, export to ONNX Runtime: each stage measured")
     common(parser)
     parser.add_argument("--recipe", default="mlp", help=f"structured recipe ({', '.join(RECIPES)})")
-    parser.add_argument("--fraction", type=options.fraction, default=pipeline.DEFAULT_FRACTION,
+    parser.add_argument("--fraction", type=options.fraction, default=FRACTION,
                         help="fraction of every layer's MLP neurons removed")
     parser.add_argument("--no-recover", dest="recover", action="store_false",
                         help="skip the refit stage")
     parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8)")
-    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=pipeline.DEFAULT_KEEP_FLOAT,
+    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=KEEP_FLOAT,
                         help="projections of largest activation outliers kept float in the PyTorch int8 stage")
     eval_args(parser)  # --source, --seq-len, --n-eval, --n-calib, --latency-tokens, --runs
     parser.set_defaults(seq_len=128, n_eval=8, n_calib=8)  # lesson 6's sizes: the pipeline in ~2 min

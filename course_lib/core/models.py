@@ -261,6 +261,30 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
     return model, tokenizer
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuse a ``.safetensors`` file (or every one in a folder) whose header does not read.
+
+    An interrupted copy or save, or a full disk, leaves a truncated file; safetensors then
+    stops with "incomplete metadata" and no file name. Reading the headers is cheap.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        if not file.is_file():
+            raise ModelNotAvailableError(f"{file} is missing: the save is incomplete. Save the model "
+                                         "again, or copy the whole folder again.")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelNotAvailableError(
+                f"{file} is not a complete safetensors file ({err}; {file.stat().st_size:,} bytes): "
+                "it was cut short, most likely by an interrupted save or copy or a full disk. Save "
+                "the model again (prune --save, io.save_pruned or io.export_pretrained), or copy "
+                "the folder again from where it is intact.") from err
+
+
 def _load_folder(folder: Path, kwargs: dict):
     """A saved model: a standard Hugging Face folder (config.json + weights + tokenizer)."""
     if not (folder / "config.json").is_file():
@@ -268,6 +292,7 @@ def _load_folder(folder: Path, kwargs: dict):
                 "course_lib.pruning.io.load_pruned (the command line does)"
                 if (folder / "manifest.json").is_file() else "not a saved model")
         raise ModelNotAvailableError(f"{folder} has no config.json: it is {what}.")
+    check_safetensors(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -348,6 +348,7 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
     manifest = read_manifest(folder)
     if manifest.get("standard"):
         return _load_standard(folder, manifest, device, attn_implementation)
+    models.check_safetensors(folder / manifest["weights"])
     model, tokenizer = models.load(
         manifest["base_model"], device=device, dtype=getattr(torch, manifest["dtype"]),
         attn_implementation=attn_implementation or manifest.get("attn_implementation"))
@@ -394,6 +395,7 @@ def _load_standard(folder: Path, manifest: dict, device, attn_implementation):
     from .mlp import KEPT_NEURONS_ATTR
 
     device = device or models.default_device()
+    models.check_safetensors(folder)
     model, info = AutoModelForCausalLM.from_pretrained(
         folder, dtype=getattr(torch, manifest["dtype"]), output_loading_info=True,
         attn_implementation=attn_implementation or manifest.get("attn_implementation"))

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import arch
-from .heads import _current_kept, _rows, _windows_tensor, check_request, record_kept, slice_linear
+from ..core import arch, data
+from .slicing import block_indices, check_request, current_kept, record_kept, slice_linear
 from .undo import PruneHandle, restoring_on_error
 
 KEPT_NEURONS_ATTR = "course_kept_neurons"
@@ -91,8 +91,8 @@ def remove_neurons(model: nn.Module, neurons) -> PruneHandle:
             width = arch.mlp_width(model, layer)
             dropped = set(chosen)
             keep = [j for j in range(width) if j not in dropped]
-            original = _current_kept(block, KEPT_NEURONS_ATTR, width)
-            idx = _rows(keep, 1, _down(model, block).weight.device)
+            original = current_kept(block, KEPT_NEURONS_ATTR, width)
+            idx = block_indices(keep, 1, _down(model, block).weight.device)
             if arch.family(model) == "gpt2":
                 handle.set_attr(block, "c_fc", slice_linear(block.c_fc, keep_out=idx))
                 handle.set_attr(block, "c_proj", slice_linear(block.c_proj, keep_in=idx))
@@ -141,10 +141,9 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
     ``h`` it reads (after the activation and, for Llama, the gate product).
     Multiply by ``W_down``'s column norms for a Wanda-like score.
     """
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     layers = arch.decoder_layers(model)
     sums = [None] * len(layers)
-    tokens = 0
 
     def make_hook(i):
         def hook(module, args):
@@ -153,17 +152,8 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
             sums[i] = total if sums[i] is None else sums[i] + total
         return hook
 
-    hooks = [_down(model, arch.mlp(block)).register_forward_pre_hook(make_hook(i))
-             for i, block in enumerate(layers)]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            model(batch, use_cache=False)
-            tokens += batch.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = arch.forward_windows(model, windows, batch_size, pre_hooks={
+        _down(model, arch.mlp(block)): make_hook(i) for i, block in enumerate(layers)})
     return [(s / tokens).cpu() for s in sums]
 
 

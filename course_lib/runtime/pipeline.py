@@ -15,9 +15,9 @@ run*, so the ratios are paired, not copied from another day:
   ``OrtModel.decode_workload`` for a session), interleaved the same way;
 - bytes of the stage's file on disk, read from the file system (``metrics.file_bytes``).
 
-The stages themselves come from the course's own modules: the structured prune is
-lesson 4's (the same fraction of MLP neurons from every layer, chosen per layer by
-activation on calibration text: a uniform cut, so the result is a standard
+The stages themselves come from the course's own modules: the structured prune
+removes the same fraction of MLP neurons from every layer, chosen per layer by
+activation on calibration text (a uniform cut, so the result is a standard
 checkpoint), the recovery is ``recover.repair.refit`` (the projections whose input
 narrowed, refitted layer by layer to the dense outputs), the PyTorch int8 stage is
 ``quantize.quantized_copy`` with the projections of largest activation outliers
@@ -38,10 +38,6 @@ from ..core import data, metrics, timing
 from ..pruning import mlp, recipes
 from ..recover import repair
 from . import export, quantize, speed, store
-
-DEFAULT_FRACTION = 0.1875  # MLP neurons removed per layer: lesson 6's choice on SmolLM2 (its quality budget)
-DEFAULT_KEEP_FLOAT = 8  # projections with the largest activation outliers kept float in PyTorch int8
-
 
 @dataclass
 class StageResult:
@@ -74,7 +70,7 @@ def table(rows: list[StageResult]) -> str:
 
 
 # ------------------------------------------------------------------------ the stages
-def structured_prune(model: nn.Module, calib: torch.Tensor, fraction: float = DEFAULT_FRACTION) -> nn.Module:
+def structured_prune(model: nn.Module, calib: torch.Tensor, fraction: float) -> nn.Module:
     """A copy of ``model`` with ``fraction`` of every layer's MLP neurons removed (lowest activation)."""
     scores = mlp.neuron_importance_activation(model, calib)
     pruned = copy.deepcopy(model)
@@ -182,12 +178,13 @@ class Shipped:
     files: dict = field(repr=False)
 
 
-def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float = DEFAULT_FRACTION,
-        keep_float: int = DEFAULT_KEEP_FLOAT, bits: int = 8, recover: bool = True, log=print,
-        **timing_options) -> Shipped:
+def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float, keep_float: int,
+        bits: int = 8, recover: bool = True, log=print, **timing_options) -> Shipped:
     """Dense -> pruned -> recovered -> int8 (PyTorch) -> ONNX Runtime -> shipped (ONNX Runtime, ``bits``).
 
-    ``model`` is never changed (every stage is a copy). Files go to ``folder``.
+    ``fraction``: of every layer's MLP neurons removed; ``keep_float``: how many projections
+    (largest activation outliers first) stay float in the PyTorch int8 stage. ``model`` is
+    never changed (every stage is a copy). Files go to ``folder``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

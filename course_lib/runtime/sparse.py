@@ -104,23 +104,6 @@ def check_blocks(shape: tuple[int, int], blocksize: int, name: str = "weight") -
                          f"dividing {shape[0]} and {shape[1]} (or use layout='csr').")
 
 
-@torch.no_grad()
-def sparse_swap_error(model: nn.Module, ids: torch.Tensor, layout: str = "csr", blocksize: int = 32,
-                      names: Iterable[str] | None = None) -> float:
-    """Max |logit difference| between ``model`` and the same model with sparse modules swapped in.
-
-    The correctness check before trusting any sparse timing: a kernel that is
-    fast but wrong is worthless. The swap is undone before returning.
-    """
-    reference = model(ids, use_cache=False).logits
-    handle = to_sparse_modules(model, layout, blocksize, names)
-    try:
-        swapped = model(ids, use_cache=False).logits
-    finally:
-        handle.restore()
-    return float((swapped - reference).abs().max())
-
-
 def mlp_linear_names(model: nn.Module) -> list[str]:
     """Full names of the MLP Linear/Conv1D layers of every decoder block."""
     mlp_ids = {id(m) for layer in arch.decoder_layers(model) for m in arch.mlp(layer).modules()}

@@ -78,31 +78,7 @@ def check_zero_head(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Che
     return CheckResult(True, "4 hidden cases: the right block of columns, the input untouched.")
 
 
-# ------------------------------------------------------------- lesson 2: a valid GQA removal
-def check_gqa_choice(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
-    """``fn(n_heads, n_kv_heads, n_remove)`` returns query heads to remove that GQA can accept."""
-    for n_heads, n_kv, n_remove in ((9, 3, 3), (9, 3, 6), (8, 2, 4), (12, 4, 4), (6, 2, 2)):
-        out, error = _run(fn, n_heads, n_kv, n_remove)
-        if error is not None:
-            return error
-        try:
-            heads = sorted(int(h) for h in out)
-        except TypeError:
-            return CheckResult(False, f"return a list of head indices, not {type(out).__name__}.")
-        if len(heads) != n_remove or len(set(heads)) != n_remove:
-            return CheckResult(False, f"asked to remove {n_remove} distinct heads of {n_heads}, got {heads}.")
-        if heads[0] < 0 or heads[-1] >= n_heads:
-            return CheckResult(False, f"head indices run from 0 to {n_heads - 1}; got {heads}.")
-        group = n_heads // n_kv
-        left = [group - sum(1 for h in heads if h // group == g) for g in range(n_kv)]
-        surviving = {n for n in left if n > 0}
-        if len(surviving) > 1:
-            return CheckResult(False, f"with {n_heads} heads and {n_kv} KV heads (groups of {group}), removing "
-                                      f"{heads} leaves groups with {left} query heads: every group that stays "
-                                      "must keep the same number (remove the same count per group, or whole groups).")
-    return CheckResult(True, "5 hidden layouts: every choice keeps the groups even.")
-
-
+# ----------------------------------------------------- lesson 2: the nearest valid GQA removal
 def check_gqa_nearest(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
     """``fn(n_heads, n_kv_heads, n_remove)``: a GQA-valid head set of the valid size nearest ``n_remove``.
 
