@@ -115,3 +115,22 @@ def test_no_module_keeps_a_batch_and_hook_loop_of_its_own():
     offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
                  if path not in allowed and re.search(r"register_forward(_pre)?_hook", path.read_text())]
     assert offenders == []
+
+
+def test_a_hook_can_stop_a_batch_early_and_the_next_batch_still_runs():
+    from course_lib.core import arch, models
+
+    model = models.load("tiny-llama")[0]
+    layers = arch.decoder_layers(model)
+    seen = {"first": 0, "last": 0}
+
+    def first(_, args):
+        seen["first"] += 1
+        raise arch.StopForward
+
+    def last(_, args):
+        seen["last"] += 1
+
+    windows = torch.randint(0, model.config.vocab_size, (5, 8))
+    tokens = arch.forward_windows(model, windows, 2, pre_hooks={layers[0]: first, layers[-1]: last})
+    assert seen == {"first": 3, "last": 0} and tokens == 40  # 3 batches, none past the first layer

@@ -124,6 +124,11 @@ def lm_head_shape(model: nn.Module) -> tuple[int, int]:
     return tuple(weight.shape)
 
 
+class StopForward(Exception):
+    """Raised by a hook of ``forward_windows`` once it has what it needs: the rest of that
+    batch's forward pass (later layers, the lm_head) is skipped."""
+
+
 @torch.no_grad()
 def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
                     pre_hooks: dict | None = None, hooks: dict | None = None,
@@ -143,7 +148,8 @@ def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
     - ``paired``: a second model run on the same batch just before ``model`` (a dense
       model whose outputs a pruned one is compared with); hooks may sit in either;
     - ``after_batch()``: called once both models have run a batch (fold what the hooks
-      saw into running sums, then drop it).
+      saw into running sums, then drop it);
+    - a hook may raise ``StopForward`` to end that model's pass over the batch early.
 
     Returns the number of tokens run (``windows.numel()``).
     """
@@ -157,7 +163,10 @@ def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4
         for start in range(0, windows.shape[0], batch_size):
             batch = windows[start:start + batch_size]
             for m, device in zip(runs, devices):
-                m(batch.to(device), use_cache=False)
+                try:
+                    m(batch.to(device), use_cache=False)
+                except StopForward:
+                    pass
             tokens += batch.numel()
             if after_batch is not None:
                 after_batch()

@@ -28,6 +28,7 @@ def module_inputs(model: nn.Module, module: nn.Module, windows: torch.Tensor) ->
 
     def record(_, args):
         seen.append(args[0].reshape(-1, args[0].shape[-1]))
+        raise arch.StopForward  # the layers after this one are not needed
 
     # every window in one batch, as the lesson's stored errors were measured
     arch.forward_windows(model, windows, max(len(windows), 1), pre_hooks={module: record})
