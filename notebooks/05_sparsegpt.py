@@ -86,6 +86,9 @@ plots.bars(errors, ylabel="relative output error", title=f"{name}, 50% unstructu
 run.claim("on its own calibration inputs, SparseGPT moves this matrix's outputs least",
           errors["sparsegpt"] < min(errors["wanda"], errors["magnitude"]),
           f"errors {errors['sparsegpt']:.3f} < {errors['wanda']:.3f}, {errors['magnitude']:.3f}")
+run.claim("every method moves them more under 2:4 than at 50% unstructured (the same half of the weights)",
+          all(errors_24[m] > errors[m] for m in errors),
+          ", ".join(f"{m} {errors[m]:.3f} -> {errors_24[m]:.3f}" for m in errors))
 
 # %% [markdown]
 # A 2:4 pattern keeps the 2 largest of every 4 consecutive weights of a row:
@@ -200,7 +203,9 @@ print(f"your guess: {my_guess_best_at_50}")
 # %%
 draws = [run.calibration(d) for d in range(DRAWS)]  # draw 0 is the lesson's calibration windows
 at_50, seconds = {"magnitude": []}, {}
+started = time.perf_counter()
 handle = PRUNERS["magnitude"](model, 0.5)
+seconds["magnitude"] = time.perf_counter() - started
 at_50["magnitude"].append(run.quality())
 handle.restore()
 for method in ("wanda", "sparsegpt"):
@@ -210,8 +215,6 @@ for method in ("wanda", "sparsegpt"):
         handle = PRUNERS[method](model, 0.5, cal)
         seconds.setdefault(method, time.perf_counter() - started)
         at_50[method].append(run.quality())
-        if method == "sparsegpt" and d == 0:  # for "Calibration data matters", below
-            prose_on_code = run.quality(windows=code.eval)
         handle.restore()
     print(f"{method:>10} 50%: " + ", ".join(f"draw {d} {q.perplexity:.2f}" for d, q in enumerate(at_50[method])))
 print(f" magnitude 50%: {at_50['magnitude'][0].perplexity:.2f} (no calibration)")
@@ -227,6 +230,8 @@ ranking = stats.compare_over_draws("Wanda", [q.nll for q in at_50["wanda"]],
 print(ranking)
 run.claim(f"calibrated on {N_CALIB * calib.shape[1]} tokens, SparseGPT beats Wanda at 50% in every draw",
           ranking.b_lower_everywhere, ranking.verdict, needs_real_model=True)
+best = "sparsegpt" if ranking.b_lower_everywhere else "wanda" if ranking.b_higher_everywhere else "not decided"
+print(f"you guessed {my_guess_best_at_50}; the lowest perplexity at 50%, over the draws: {best}")
 plots.intervals({f"draw {d}": (c.ratio, c.low, c.high) for d, c in enumerate(ranking.draws)},
                 xlabel="perplexity ratio SparseGPT / Wanda, paired (1 = a tie)",
                 title=f"50%: SparseGPT against Wanda, {DRAWS} calibration draws")
@@ -255,28 +260,15 @@ print(f"{calib.numel()} calibration tokens, draw 0: Wanda {at_50['wanda'][0].per
 # on 7B models); `make bench` measures this model on 32 windows of 256 tokens
 # (`bench/reference_protocol.md`).
 #
-# ### 2:4, on one draw
+# ### 2:4
 #
-# The stricter pattern: two of every four consecutive weights. One calibration draw
-# per method (a ranking of the methods would need the draws: it is not claimed here).
-
-# %%
-at_24 = {}
-for method in PRUNERS:
-    started = time.perf_counter()
-    handle = PRUNERS[method](model, 0.5, calib, "2:4")
-    seconds[f"{method} 2:4"] = time.perf_counter() - started
-    at_24[method] = run.quality()
-    handle.restore()
-print(f"{'method':>10} | {'50%':>8} | {'2:4':>8}  (draw 0)")
-for method in PRUNERS:
-    print(f"{method:>10} | {at_50[method][0].perplexity:8.2f} | {at_24[method].perplexity:8.2f}")
-stricter = {m: at_24[m].vs(at_50[m][0]) for m in PRUNERS}
-run.claim("every method loses decidedly more under 2:4 than at 50% unstructured (the same half of the weights)",
-          all(c.verdict == "higher" for c in stricter.values()),
-          "; ".join(f"{m} {c.ratio:.3f} ({c.interval()})" for m, c in stricter.items()), needs_real_model=True)
-print(f"you guessed {my_guess_best_at_50}; the lowest perplexity at 50% (every draw) is "
-      f"{'SparseGPT' if ranking.b_lower_everywhere else 'Wanda' if ranking.b_higher_everywhere else 'not decided'}")
+# The stricter pattern keeps two of every four consecutive weights. On the matrix of
+# the first section every method lost more under 2:4 than at 50% unstructured (the
+# claim there). This lesson does not rank the methods under 2:4 on the whole model:
+# that takes a walk per method and per draw.
+# <!-- quoted: bench/reference_protocol.md, one calibration draw -->
+# At the reference protocol's size (8192 calibration tokens, one draw, `make bench`),
+# 2:4 left Wanda at 66.84 and SparseGPT at 29.89, against a dense 13.69.
 
 # %% [markdown]
 # <!-- quoted: the original lesson's claim -->
@@ -293,13 +285,13 @@ run.claim("at 70% SparseGPT more than doubles the dense perplexity of this model
           seventy.low > 2, f"SparseGPT at 70%: {seventy}", needs_real_model=True)
 
 # %% [markdown]
-# How long each method takes to prune the whole model (2:4, this machine):
+# How long each method took to prune the whole model (50%, draw 0, this machine):
 # magnitude only sorts weights; Wanda adds one calibration pass; SparseGPT also
 # builds and factors one Hessian per input and updates the weights column by column.
 
 # %%
-made = {m: seconds[f"{m} 2:4"] for m in PRUNERS}
-print("2:4 pruning time: " + ", ".join(f"{m} {t:.1f} s" for m, t in made.items()))
+made = {m: seconds[m] for m in PRUNERS}
+print("50% pruning time (draw 0): " + ", ".join(f"{m} {t:.1f} s" for m, t in made.items()))
 run.claim("magnitude is the quickest to make, then Wanda, then SparseGPT (each at least 1.5 times the one before)",
           made["wanda"] > 1.5 * made["magnitude"] and made["sparsegpt"] > 1.5 * made["wanda"],
           ", ".join(f"{m} {t:.1f} s" for m, t in made.items()), needs_real_model=True)
@@ -442,23 +434,11 @@ run.claim("matching the calibration text matters more to SparseGPT than to Wanda
 
 # %% [markdown]
 # SparseGPT reconstructs the kept weights from its calibration inputs: it gains
-# when calibration matches what is served, and loses when it does not. Wanda
-# only uses the size of each input channel, and matching helps it less. The whole
-# model, SparseGPT calibrated on code (one draw), against the prose-calibrated one
-# of the table above, on both texts:
-
-# %%
-handle = PRUNERS["sparsegpt"](model, 0.5, code.calib)
-code_calibrated = {e: run.quality(windows=texts[e].eval) for e in texts}
-handle.restore()
-prose_calibrated = {"prose": at_50["sparsegpt"][0], "code": prose_on_code}
-for e in texts:
-    matched = (code_calibrated if e == "code" else prose_calibrated)[e]
-    other = (prose_calibrated if e == "code" else code_calibrated)[e]
-    print(f"SparseGPT evaluated on {e:>5}: calibrated on {e} {matched.perplexity:.2f}, on the other text "
-          f"{other.perplexity:.2f}; paired {matched.vs(other)}")
-
-# %% [markdown]
+# when calibration matches what is served, and loses when it does not. Wanda only
+# uses the size of each input channel, and matching helps it less. The lesson for
+# SparseGPT: calibrate on data like the data you will serve; for Wanda, measure
+# rather than assume.
+#
 # ## Which layers can lose more?
 #
 # Uniform pruning takes the same share from every layer. Prune **one layer
