@@ -94,6 +94,14 @@ def test_bsr_takes_any_shape_a_fitting_block_or_padding(shape, block):
     assert 0 < padded.density() <= 1
 
 
+def test_padding_does_not_make_part_blocks_look_weak():
+    """300 x 200 in 32 x 32 blocks: 16 of the 70 blocks are part blocks (the padding is not a weight)."""
+    w = 1 + 0.01 * torch.randn(300, 200, generator=torch.Generator().manual_seed(0))  # every weight alike
+    keep = sparse.block_magnitude_mask(w, 0.25, blocksize=32)
+    part_blocks_kept = keep[288:].any() or keep[:, 192:].any()
+    assert part_blocks_kept  # by summed squares they would all score lowest and all go first
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_bsr_on_a_model_with_odd_widths_keeps_its_logits(name):
     model, _ = models.load(name)
