@@ -178,6 +178,8 @@ class OrtModel:
     def greedy(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
         """``(batch, new_tokens)`` greedy tokens after the prompts ``input_ids`` (one length, no
         padding), the cache kept in ONNX Runtime: one prefill, then one step per token."""
+        if new_tokens < 1:
+            raise ValueError(f"new_tokens={new_tokens}: generate at least one token.")
         ids = np.ascontiguousarray(input_ids.detach().cpu().numpy().astype(np.int64))
         logits, past = self.step(ids, self.empty_past(ids.shape[0]))
         tokens = []
@@ -186,7 +188,7 @@ class OrtModel:
             tokens.append(token)
             if i + 1 < new_tokens:  # the last token needs no step of its own
                 logits, past = self.step(token, past)
-        return torch.from_numpy(np.concatenate(tokens, axis=1)) if tokens else torch.zeros(ids.shape[0], 0, dtype=torch.long)
+        return torch.from_numpy(np.concatenate(tokens, axis=1))
 
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
         """Greedy decoding of ``new_tokens`` tokens after ``input_ids`` (batch 1), cache in ORT."""

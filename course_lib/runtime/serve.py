@@ -11,8 +11,9 @@ What a server sells is tokens per second: ``throughput`` times whole greedy
 generations (the prompt's prefill, then one step per new token, KV cache on) of
 a batch of prompts, every candidate interleaved run by run, PyTorch models and
 ONNX Runtime sessions alike (``greedy`` is the one loop for both). A batch of 8
-reads each weight once per step for 8 tokens, so a memory-bound decoder serves
-more tokens per second at batch 8 than at batch 1.
+reads each weight once per step for 8 tokens: where decoding is bound by reading
+the weights, batch 8 serves more tokens per second than batch 1; where the
+arithmetic already fills the processor, batching cannot help much.
 """
 from __future__ import annotations
 
