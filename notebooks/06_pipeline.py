@@ -126,8 +126,9 @@ plain = AutoModelForCausalLM.from_pretrained(files["pruned"])  # what another to
 probe = run.windows.eval[:1]
 with torch.no_grad():
     same = torch.equal(plain(probe).logits, pruned(probe).logits)
+width_field = "n_inner" if arch.family(plain) == "gpt2" else "intermediate_size"  # GPT-2 names it n_inner
 run.claim("the pruned checkpoint opens with plain from_pretrained and gives the same logits", same,
-          f"config intermediate_size {plain.config.intermediate_size}, logits bit-identical: {same}")
+          f"config {width_field} {arch.mlp_width(plain, 0)}, logits bit-identical: {same}")
 del plain
 
 # %% [markdown]

@@ -14,7 +14,9 @@ import torch
 
 from course_lib.cli.main import main
 from course_lib.core import data, models
-from course_lib.runtime import export, pipeline
+from course_lib.pruning import heads as H
+from course_lib.pruning import io
+from course_lib.runtime import export, pipeline, serve
 
 pytest.importorskip("onnxruntime")
 
@@ -38,6 +40,19 @@ def test_stages_in_order_each_measured_against_dense(shipped):
     for row in result.rows:  # every stage's spread comes from paired runs
         assert row.prefill_speedup.low <= row.prefill_speedup.median <= row.prefill_speedup.high
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the dense model changed"
+
+
+def test_dense_and_shipped_are_served_at_each_batch_size(shipped):
+    *_, result = shipped
+    served = {r.stage: r.tokens_per_s for r in result.rows}
+    assert set(served["dense"]) == set(served["shipped"]) == set(serve.SERVE_BATCHES) == {1, 8}
+    assert all(rate > 0 for rate in (*served["dense"].values(), *served["shipped"].values()))
+    assert all(served[stage] is None for stage in served if stage not in pipeline.SERVED)
+    header, *lines = pipeline.table(result.rows).splitlines()
+    assert "tok/s b1" in header and "tok/s b8" in header
+    assert lines[0].split()[-2:] == [f"{served['dense'][b]:.1f}" for b in (1, 8)]
+    assert lines[1].split()[-2:] == ["-", "-"]  # the pruned stage is not served
+    assert result.rows[0].as_dict()["tokens_per_s"] == {f"batch_{b}": round(served["dense"][b], 2) for b in (1, 8)}
 
 
 def test_disk_bytes_are_the_files_bytes(shipped):
@@ -88,13 +103,58 @@ def test_ship_prints_one_json_object(capsys, tmp_path):
     assert out["model"] == "tiny-llama" and out["stages"][0]["stage"] == "dense"
     assert out["stages"][-1]["stage"] == "shipped" and len(out["stages"]) == 6
     for stage in out["stages"]:
-        assert set(stage) >= {"stage", "perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds"}
+        assert set(stage) >= {"stage", "perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds",
+                              "tokens_per_s"}
     assert (tmp_path / "dense.safetensors").stat().st_size == out["stages"][0]["disk_bytes"]
+    assert set(out["stages"][-1]["tokens_per_s"]) == {"batch_1", "batch_8"}
+
+
+FAST = ["--json", "--seq-len", "32", "--n-eval", "2", "--n-calib", "4", "--latency-tokens", "16", "--runs", "2",
+        "--threads", "1"]
+
+
+@pytest.mark.parametrize("name,recipe", [("tiny-gpt2", "mlp"), ("tiny-gemma3", "mlp"), ("tiny-qwen2", "mlp"),
+                                         ("tiny-gemma3", "heads"), ("tiny-llama", "layers")])
+def test_ship_every_family_every_cut(capsys, name, recipe):
+    """Every stage of every family: Conv1D and fused c_attn, q/k/v biases, sliding and global layers."""
+    assert main(["ship", name, "--recipe", recipe, "--fraction", "0.5", *FAST]) == 0
+    out = json.loads(capsys.readouterr().out)
+    stages = [s["stage"] for s in out["stages"]]
+    # whole layers removed: no layer left to refit, so no recovered stage
+    assert stages == ["dense", "pruned", *(["recovered"] if recipe != "layers" else []), "int8 (PyTorch)",
+                      "ONNX Runtime", "shipped"]
+    by_stage = {s["stage"]: s for s in out["stages"]}
+    assert by_stage["pruned"]["disk_bytes"] < by_stage["dense"]["disk_bytes"]  # really cut
+    assert by_stage["ONNX Runtime"]["perplexity"] == pytest.approx(by_stage[stages[-4]]["perplexity"], rel=1e-3)
+
+
+def test_a_cut_the_family_cannot_take_is_refused_alike_by_ship_and_prune_save(capsys, tmp_path):
+    """GPT-2's config ties its attention width to n_embd: heads removed make no standard checkpoint."""
+    model, _ = models.load("tiny-gpt2")
+    H.remove_heads(model, {0: [0], 1: [0]})
+    reason = io.standard_problem(model)
+    assert reason and "n_embd" in reason
+    assert main(["ship", "tiny-gpt2", "--recipe", "heads", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and reason in err, err
+    assert main(["prune", "tiny-gpt2", "--method", "heads", "--sparsity", "0.25", "--save", str(tmp_path / "g"),
+                 *FAST]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["standard_refused"] == reason and saved["saved_format"].startswith("course recipe")
+
+
+def test_ship_opens_a_saved_folder_of_another_shape(capsys, tmp_path):
+    folder = tmp_path / "cut"
+    assert main(["prune", "tiny-llama", "--method", "heads", "--sparsity", "0.25", "--save", str(folder), *FAST]) == 0
+    capsys.readouterr()
+    assert main(["ship", str(folder), *FAST]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["stages"]) == 6 and out["stages"][-1]["tokens_per_s"]
 
 
 @pytest.mark.parametrize("argv,option", [
     (["--bits", "5"], "--bits"), (["--fraction", "1.5"], "--fraction"), (["--runs", "0"], "--runs"),
-    (["--keep-float", "-1"], "--keep-float"), (["--recipe", "heads"], "--recipe"),
+    (["--keep-float", "-1"], "--keep-float"), (["--recipe", "wanda"], "--recipe"),
 ])
 def test_ship_bad_options_are_one_line_exit_2(capsys, argv, option):
     assert main(["ship", "tiny-llama", *argv]) == 2

@@ -39,9 +39,11 @@ def pruned_pair(name, kind, fraction=0.5):
     dense, _ = models.load(name)
     pruned = copy.deepcopy(dense)
     if kind == "mlp":
-        M.remove_neurons(pruned, recipes.neurons_request(pruned, fraction)).make_permanent()
+        M.remove_neurons(pruned, recipes.neurons_request(
+            pruned, fraction, recipes.importance(pruned, "mlp", "weight-norm"))).make_permanent()
     else:
-        H.remove_heads(pruned, recipes.heads_request(pruned, fraction)).make_permanent()
+        H.remove_heads(pruned, recipes.heads_request(
+            pruned, fraction, recipes.importance(pruned, "heads", "weight-norm"))).make_permanent()
     return dense, pruned
 
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from course_lib.core import arch, data, metrics, models, timing
 from course_lib.runtime import sparse
-from course_lib.pruning.recipes import check_method, heads_request, neurons_request, prune_with
+from course_lib.pruning.recipes import check_method, heads_request, importance, neurons_request, prune_with
 from course_lib.pruning import io, masks, one_layer
 from course_lib.pruning import heads as H
 from course_lib.pruning import mlp as M
@@ -577,9 +577,9 @@ def classroom_prune(model, method, amount):
     if method == "random":
         return masks.random_prune(model, amount)
     if method == "remove heads":
-        return H.remove_heads(model, heads_request(model, amount))
+        return H.remove_heads(model, heads_request(model, amount, importance(model, "heads", "weight-norm")))
     if method == "remove neurons":
-        return M.remove_neurons(model, neurons_request(model, amount))
+        return M.remove_neurons(model, neurons_request(model, amount, importance(model, "mlp", "weight-norm")))
     if method == "faulty":
         with failing_change(fail_at=3):
             return masks.magnitude_prune(model, amount)

@@ -215,3 +215,33 @@ def test_int8_projections_still_count_as_parameters(tiny):
     finally:
         handle.restore()
     assert metrics.count_parameters(model) == before
+
+
+def test_greedy_counts_its_tokens_and_pytorch_and_onnx_runtime_agree(tiny, exported):
+    """serve.greedy is one loop for both runtimes: (batch, new) tokens, generate()'s tokens."""
+    model, _, _ = tiny
+    prompts = torch.randint(0, model.config.vocab_size, (8, 6), generator=torch.Generator().manual_seed(2))
+    tokens = serve.greedy(model, prompts, 5)
+    assert tokens.shape == (8, 5)
+    with torch.no_grad():
+        reference = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=5,
+                                   min_new_tokens=5, do_sample=False, pad_token_id=0)[:, 6:]
+    assert torch.equal(tokens, reference)
+    assert torch.equal(serve.greedy(export.OrtModel(exported), prompts, 5), tokens)
+    assert torch.equal(serve.greedy(model, prompts[:1], 5), tokens[:1])  # batch 1: the same first row
+    with pytest.raises(ValueError, match="new_tokens"):
+        serve.greedy(model, prompts, 0)
+
+
+def test_throughput_counts_what_each_batch_generated_from_paired_runs(tiny, exported):
+    model, _, _ = tiny
+    stages = {"dense": model, "onnx": export.OrtModel(exported)}
+    served = serve.throughput(stages, model.config.vocab_size, batches=(1, 3), prompt_tokens=4, new_tokens=5,
+                              runs=2, warmup=0, threads=1)
+    assert list(served) == [1, 3]
+    for batch, result in served.items():
+        assert result.tokens == {"dense": batch * 5, "onnx": batch * 5}  # counted from the outputs
+        assert all(m.runs == 2 for m in result.measurements.values())
+        seconds = result.measurements["onnx"].median_ms / 1e3
+        assert result.tokens_per_s("onnx") == pytest.approx(batch * 5 / seconds)
+        assert result.speedup("onnx").runs == 2 and result.speedup("dense").median == 1.0

@@ -146,10 +146,11 @@ def _tiny_config(name: str):
                            num_attention_heads=6, num_key_value_heads=2,
                            max_position_embeddings=512, tie_word_embeddings=True,
                            layer_types=["full_attention"] * 2, **common)
-    if name == "tiny-gemma3":  # per-head q/k norms, 4 heads / 2 KV heads
+    if name == "tiny-gemma3":  # per-head q/k norms, 4 heads / 2 KV heads, a sliding and a global layer
         return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                max_position_embeddings=512, sliding_window=512, **common)
+                                max_position_embeddings=512, sliding_window=8,  # short: tests pass it
+                                layer_types=["sliding_attention", "full_attention"], **common)
     # Stand-ins with the head geometry of each lesson's original model (random weights,
     # a few layers): a lesson run on one of them exercises every index, count and slice
     # the original would, offline and in seconds.

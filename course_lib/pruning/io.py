@@ -250,6 +250,15 @@ def uniform_shapes(model: nn.Module) -> dict:
             "mlp_width": widths[0]}
 
 
+def standard_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be written as a standard checkpoint (``uniform_shapes``' reason), or None."""
+    try:
+        uniform_shapes(model)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def standard_config(model: nn.Module):
     """A copy of ``model.config`` describing the pruned shapes (raises if layers differ)."""
     shapes = uniform_shapes(model)

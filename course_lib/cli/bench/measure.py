@@ -20,7 +20,7 @@ from ...core import arch, metrics, models
 from ...pruning.heads import head_importance_contribution, remove_heads
 from ...pruning.masks import magnitude_prune
 from ...pruning.mlp import neuron_importance_activation, remove_neurons
-from ...pruning.recipes import heads_request, neurons_request, prune_with, structure_count
+from ...pruning.recipes import heads_request, importance, neurons_request, prune_with, structure_count
 from ...runtime import sparse, speed
 
 
@@ -68,14 +68,11 @@ def machine_info(threads: int) -> dict:
     return info
 
 
-def _blocksize(model, wanted: int) -> int | None:
-    """The largest of wanted, 16, 8, 4 dividing every MLP matrix (None: BSR impossible)."""
+def _blocksize(model, wanted: int) -> int:
+    """The BSR block side fitting every MLP matrix (``sparse.blocksize_for``; else they are padded)."""
     shapes = [tuple(arch.weight_matrix(m).shape) for name, m in arch.prunable_linears(model).items()
               if name in set(sparse.mlp_linear_names(model))]
-    for b in (wanted, 16, 8, 4):
-        if all(r % b == 0 and c % b == 0 for r, c in shapes):
-            return b
-    return None
+    return sparse.blocksize_for(shapes, wanted)
 
 
 def _say(log, text: str) -> None:
@@ -100,7 +97,7 @@ def latency_section(model, windows, cfg: BenchConfig, threads: int, blocksize, l
                 ppl_calibrated = metrics.perplexity(twin, windows.eval)
             finally:
                 handle.restore()
-            handle = remove(twin, request(twin, fraction))
+            handle = remove(twin, request(twin, fraction, importance(twin, kind, "weight-norm")))
             try:
                 done = 1 - structure_count(twin, kind) / structure_count(model, kind)
                 label = f"{'heads' if kind == 'heads' else 'MLP neurons'} removed {done:.0%}"
