@@ -17,20 +17,12 @@ from __future__ import annotations
 import copy
 import time
 
-from ..core import data, metrics, models
-from ..pruning import io
-from ..pruning.masks import check_sparsity
-from ..pruning.recipes import CALIBRATED, METHODS, STRUCTURED, achieved, check_method, prune_with
-from ..recover.recipes import DEFAULT_STEPS, RECOVERY, check_recovery, recover_with
-from ..runtime import speed
+from ..core.names import CALIBRATED, DEFAULT_STEPS, METHODS, RECOVERY, STRUCTURED, check_method, check_recovery
 from . import options
 
 
 def cmd_prune(args) -> dict:
-    method, pattern = check_method(args.method, args.pattern)
-    sparsity = check_sparsity(args.sparsity)
-    if pattern is not None:
-        sparsity = 1 - pattern[0] / pattern[1]
+    method, pattern = check_method(args.method, args.pattern)  # the options first: no torch needed
     recover = check_recovery(args.recover, args.steps)
     if recover != "none" and method not in STRUCTURED:
         raise ValueError(f"--recover {recover} repairs a structured prune ({', '.join(STRUCTURED)}); "
@@ -39,6 +31,16 @@ def cmd_prune(args) -> dict:
         raise ValueError("--recover refit repairs layers whose neurons or heads were removed; "
                          "--method layers removes whole layers, so there is nothing to refit. "
                          "Use --recover distil.")
+    from ..core import data, metrics, models
+    from ..pruning.masks import check_sparsity
+    from ..pruning.recipes import achieved, prune_with
+    from ..recover.recipes import recover_with
+    from ..runtime import speed
+
+    options.use_threads(args)
+    sparsity = check_sparsity(args.sparsity)
+    if pattern is not None:
+        sparsity = 1 - pattern[0] / pattern[1]
     model, tokenizer = models.load(args.model, device=args.device)
     options.check_lengths(model, args)
     n_calib = args.n_calib if method in CALIBRATED or recover != "none" else 0
@@ -98,6 +100,8 @@ def _save(args, pruned, handle, tokenizer) -> dict:
     """``--save DIR``: a standard checkpoint when every layer was cut alike, else the recipe."""
     if not args.save:
         return {}
+    from ..pruning import io
+
     folder = io.save_pruned(pruned, args.save, handle, tokenizer=tokenizer, compress=args.compress)
     manifest = io.read_manifest(folder)
     return {"saved": str(folder),

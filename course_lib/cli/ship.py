@@ -15,8 +15,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..core import data, models, timing
-from ..runtime import pipeline
 from . import options
 
 RECIPES = ("mlp",)  # structured: the same fraction of MLP neurons from every layer, by activation
@@ -33,6 +31,12 @@ def cmd_ship(args) -> dict:
     if args.recipe not in RECIPES:
         raise ValueError(f"--recipe {args.recipe!r} is unknown: the pipeline ships {', '.join(RECIPES)} "
                          "(the same fraction of MLP neurons removed from every layer, by activation).")
+    from ..core import data, models, timing
+    from ..runtime import pipeline
+
+    args.fraction = pipeline.DEFAULT_FRACTION if args.fraction is None else args.fraction
+    args.keep_float = pipeline.DEFAULT_KEEP_FLOAT if args.keep_float is None else args.keep_float
+    options.use_threads(args)
     model, tokenizer = models.load(args.model, device="cpu")
     options.check_lengths(model, args)
     windows = data.windows_for(tokenizer, getattr(model, "course_name", args.model), source=args.source,
@@ -56,13 +60,15 @@ def register(sub, common, eval_args) -> None:
     parser = sub.add_parser("ship", help="prune, recover, quantize, export to ONNX Runtime: each stage measured")
     common(parser)
     parser.add_argument("--recipe", default="mlp", help=f"structured recipe ({', '.join(RECIPES)})")
-    parser.add_argument("--fraction", type=options.fraction, default=pipeline.DEFAULT_FRACTION,
-                        help="fraction of every layer's MLP neurons removed")
+    parser.add_argument("--fraction", type=options.fraction, default=None,
+                        help="fraction of every layer's MLP neurons removed (default: lesson 6's, "
+                             "runtime.pipeline.DEFAULT_FRACTION)")
     parser.add_argument("--no-recover", dest="recover", action="store_false",
                         help="skip the refit stage")
     parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8)")
-    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=pipeline.DEFAULT_KEEP_FLOAT,
-                        help="projections of largest activation outliers kept float in the PyTorch int8 stage")
+    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=None,
+                        help="projections of largest activation outliers kept float in the PyTorch "
+                             "int8 stage (default: runtime.pipeline.DEFAULT_KEEP_FLOAT)")
     eval_args(parser)  # --source, --seq-len, --n-eval, --n-calib, --latency-tokens, --runs
     parser.set_defaults(seq_len=128, n_eval=8, n_calib=8)  # lesson 6's sizes: the pipeline in ~2 min
     parser.add_argument("--out", default=None, metavar="DIR", help="keep every stage's file in DIR")

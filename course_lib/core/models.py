@@ -25,14 +25,22 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
 
-transformers.logging.set_verbosity_error()
-transformers.logging.disable_progress_bar()  # no progress widgets in the lessons' outputs
+
+def quiet_transformers():
+    """transformers, imported on first use (it takes seconds: the command line's ``--help`` and
+    its option errors never need it), its warnings at error level and without progress widgets
+    (the lessons' outputs stay clean)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -192,7 +200,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>",
+    return quiet_transformers().PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>",
                                    eos_token="<eos>", pad_token="<eos>")
 
 
@@ -201,10 +209,14 @@ def cache_dir() -> Path:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_dtype(device: str) -> torch.dtype:
+    import torch
+
     # bf16 matmuls are ~7x slower than fp32 on a laptop CPU; on a GPU bf16 is the norm.
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
@@ -232,6 +244,9 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
     ``attn_implementation`` is ``"sdpa"`` (default) or ``"eager"``; the tests use
     both, because a wrong head count can hide behind sdpa.
     """
+    import torch
+
+    hf = quiet_transformers()
     device = device or default_device()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ModelNotAvailableError("device='cuda' was asked for, but torch sees no CUDA GPU: "
@@ -246,12 +261,12 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
         config = _tiny_config(name)
         if attn_implementation:
             config._attn_implementation = attn_implementation
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = hf.AutoModelForCausalLM.from_config(config, dtype=dtype)
         tokenizer = byte_tokenizer()
     elif name in EMBEDDED:
         folder = _embedded_cache(name)
         model = _load_cached(folder, name, kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = hf.AutoTokenizer.from_pretrained(folder)
     elif Path(name).expanduser().is_dir():
         model, tokenizer = _load_folder(Path(name).expanduser(), kwargs)
     else:
@@ -268,9 +283,10 @@ def _load_folder(folder: Path, kwargs: dict):
                 "course_lib.pruning.io.load_pruned (the command line does)"
                 if (folder / "manifest.json").is_file() else "not a saved model")
         raise ModelNotAvailableError(f"{folder} has no config.json: it is {what}.")
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    hf = quiet_transformers()
+    model = hf.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = hf.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise ModelNotAvailableError(f"{folder} holds no tokenizer ({err}): save it with "
                                      "tokenizer=... (save_pruned / export_pretrained).") from err
@@ -287,10 +303,13 @@ def _embedded_cache(name: str) -> Path:
         raise ModelNotAvailableError(f"{gguf} is missing: reinstall it with "
                                      f"`{EMBEDDED[name].reinstall}`.")
     print(f"[course_lib] converting {gguf.name} once (20-70 s); later loads use {folder}")
+    import torch
+
+    hf = quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = hf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                        dtype=torch.float32)
+        tokenizer = hf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # a truncated or damaged GGUF fails deep inside the reader
         raise ModelNotAvailableError(
             f"{gguf} could not be read as a GGUF model ({type(err).__name__}: {err}): the file is "
@@ -317,12 +336,13 @@ def _embedded_cache(name: str) -> Path:
 
 
 def _load_cached(folder: Path, name: str, kwargs: dict):
+    auto = quiet_transformers().AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        return auto.from_pretrained(folder, **kwargs)
     except Exception as err:  # a damaged cache: rebuild it once from the GGUF
         warnings.warn(f"cached {name} at {folder} did not load ({err}); rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-        return AutoModelForCausalLM.from_pretrained(_embedded_cache(name), **kwargs)
+        return auto.from_pretrained(_embedded_cache(name), **kwargs)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -348,9 +368,10 @@ def _unknown_name_message(name: str, reason: str) -> str:
 
 
 def _load_hub(name: str, kwargs: dict):
+    hf = quiet_transformers()
     try:  # the Hugging Face cache first: works offline once downloaded
-        return (AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs),
-                AutoTokenizer.from_pretrained(name, local_files_only=True))
+        return (hf.AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs),
+                hf.AutoTokenizer.from_pretrained(name, local_files_only=True))
     except (OSError, ValueError):
         pass
     if not _hub_reachable():
@@ -358,7 +379,7 @@ def _load_hub(name: str, kwargs: dict):
             name, "it is neither an embedded or tiny model nor in the local Hugging Face cache, "
                   "and the hub cannot be reached"))
     try:
-        return (AutoModelForCausalLM.from_pretrained(name, **kwargs),
-                AutoTokenizer.from_pretrained(name))
+        return (hf.AutoModelForCausalLM.from_pretrained(name, **kwargs),
+                hf.AutoTokenizer.from_pretrained(name))
     except OSError as err:
         raise ModelNotAvailableError(_unknown_name_message(name, f"the hub said: {err}")) from err

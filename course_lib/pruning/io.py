@@ -388,7 +388,8 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
 
 def _load_standard(folder: Path, manifest: dict, device, attn_implementation):
     """A standard checkpoint with its manifest: from_pretrained, strictly, plus the course's records."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    hf = models.quiet_transformers()
+    AutoModelForCausalLM, AutoTokenizer = hf.AutoModelForCausalLM, hf.AutoTokenizer
 
     from .heads import KEPT_HEADS_ATTR
     from .mlp import KEPT_NEURONS_ATTR

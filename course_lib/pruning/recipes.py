@@ -9,32 +9,16 @@ import torch
 from torch import nn
 
 from ..core import arch, metrics
+from ..core.names import (CALIBRATED, METHODS, STRUCTURED, UNSTRUCTURED,  # noqa: F401 (re-exported)
+                          check_method)
 from .heads import (head_importance_weight_norm, least_important_groups, least_important_heads,
                     remove_heads)
 from .layers import layers_request, remove_layers
-from .masks import check_sparsity, magnitude_prune, parse_pattern
+from .masks import check_sparsity, magnitude_prune
 from .mlp import least_important_neurons, neuron_importance_weight_norm, remove_neurons
 from .sparsegpt import sparsegpt_prune
 from .undo import PruneHandle
 from .wanda import wanda_prune
-
-UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
-STRUCTURED = ("heads", "mlp", "layers")
-METHODS = UNSTRUCTURED + STRUCTURED
-CALIBRATED = ("wanda", "sparsegpt", "layers")
-
-
-def check_method(method: str, pattern=None) -> tuple[str, tuple[int, int] | None]:
-    """Validate a method name and its pattern (N:M only for the unstructured methods)."""
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r} is not known: choose one of {', '.join(METHODS)} "
-                         "(weights: magnitude/wanda/sparsegpt; structures: heads/mlp/layers).")
-    pattern = parse_pattern(pattern)
-    if pattern is not None and method in STRUCTURED:
-        raise ValueError(f"--pattern {pattern[0]}:{pattern[1]} applies to single weights; method "
-                         f"{method!r} removes whole {dict(heads='heads', mlp='neurons').get(method, 'layers')}. "
-                         "Drop --pattern, or use magnitude/wanda/sparsegpt.")
-    return method, pattern
 
 
 def _round_half_up(x: float) -> int:
