@@ -106,7 +106,7 @@ def _save(args, pruned, handle, tokenizer) -> dict:
     manifest = io.read_manifest(folder)
     return {"saved": str(folder),
             "saved_format": ("standard Hugging Face checkpoint" if manifest.get("standard") else
-                             "course recipe (load_pruned)" + (", sparse-bitmask" if args.compress else "")),
+                             "course recipe (load_pruned)" + (", course bitmask" if args.compress else "")),
             "saved_bytes_on_disk": manifest["bytes_on_disk"]}
 
 
@@ -123,7 +123,8 @@ def register(sub, common, eval_args) -> None:
                        help="write the pruned model there (a standard checkpoint when every layer "
                             "was cut alike; eval/info DIR open it)")
     prune.add_argument("--compress", action="store_true",
-                       help="with --save: sparse weights in the bitmask layout (fewer bytes)")
+                       help="with --save: sparse weights in the course's bitmask layout (fewer bytes; "
+                            "only the course opens it)")
     prune.add_argument("--recover", default="none", choices=RECOVERY,
                        help="after a structured prune: refit (closed-form repair of the output "
                             "projections) or distil (refit, then KL distillation from the dense model)")
