@@ -8,6 +8,8 @@ Three kinds of names:
   ``tiny-gemma3``) with a byte-level tokenizer, to try code in seconds, and stand-ins
   whose head geometry mirrors each lesson's original model (``tiny-gpt2-124m``,
   ``tiny-tinyllama``, ``tiny-qwen2.5``, ``tiny-gemma3-270m``; see ``STAND_INS``);
+- a tiny *trained* model, ``tiny-llama-trained`` (``TRAINED``: tiny-llama trained for
+  seconds on the offline text, cached), where a claim about quality must be able to fail;
 - any Hugging Face hub id (``gpt2``, ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``,
   ``Qwen/Qwen2.5-0.5B``): the original models of the lessons, when online or cached.
 
@@ -190,6 +192,38 @@ STAND_INS = {"tiny-gpt2-124m": "gpt2", "tiny-tinyllama": "TinyLlama/TinyLlama-1.
 TINY = BASE_TINY + tuple(STAND_INS)
 
 
+@dataclass(frozen=True)
+class TrainedTiny:
+    """A tiny model trained from scratch on the course's offline text, for claims about quality.
+
+    A randomly initialised model's perplexity is about its vocabulary size whatever is
+    done to it, so a test of "int8 keeps quality" or "the refit wins perplexity back"
+    passes on it with every decoder weight zeroed. This one has learnt something:
+    ``base``'s config trained for ``steps`` AdamW steps (linear warm-up, cosine decay)
+    on random ``batch`` x ``seq_len`` windows of the *first half* of ``source`` (the
+    evaluation windows of ``data.make_windows`` start at its middle: held-out text),
+    with seed ``seed`` and one thread, so the same settings give the same weights. It is
+    built once, in seconds, and kept in the cache under a key of its settings.
+    """
+
+    base: str
+    steps: int = 300
+    batch: int = 16
+    seq_len: int = 64
+    lr: float = 4e-3
+    warmup: int = 20
+    seed: int = 0
+    source: str = "pydoc"
+
+    def key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+TRAINED = {"tiny-llama-trained": TrainedTiny("tiny-llama")}  # perplexity ~10 on held-out pydoc (vocab 258)
+
+
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A 258-token byte-level tokenizer: every text round-trips, nothing to download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -222,7 +256,7 @@ def default_dtype(device: str) -> torch.dtype:
 
 
 def all_names() -> list[str]:
-    return list(EMBEDDED) + list(TINY)
+    return list(EMBEDDED) + list(TINY) + list(TRAINED)
 
 
 def needs_bos(name: str) -> bool:
@@ -263,6 +297,9 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
             config._attn_implementation = attn_implementation
         model = hf.AutoModelForCausalLM.from_config(config, dtype=dtype)
         tokenizer = byte_tokenizer()
+    elif name in TRAINED:
+        model = hf.AutoModelForCausalLM.from_pretrained(trained_cache(name), **kwargs)
+        tokenizer = byte_tokenizer()
     elif name in EMBEDDED:
         folder = _embedded_cache(name)
         model = _load_cached(folder, name, kwargs)
@@ -274,6 +311,70 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
     model.to(device).eval()
     model.course_name = name  # remembered for save/load and the notebooks' printouts
     return model, tokenizer
+
+
+def train_tiny(recipe: TrainedTiny):
+    """A fresh model of ``recipe.base``'s config, trained as ``recipe`` says (deterministic)."""
+    import math
+
+    import torch
+
+    from . import data
+
+    ids = torch.tensor(byte_tokenizer()(data.load_text(recipe.source), add_special_tokens=False)["input_ids"])
+    train = ids[: len(ids) // 2]  # evaluation windows start at the middle: never trained on
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same sums in the same order, the same weights
+    try:
+        with torch.random.fork_rng():  # the caller's random state is left as it was
+            torch.manual_seed(recipe.seed)
+            model = quiet_transformers().AutoModelForCausalLM.from_config(_tiny_config(recipe.base),
+                                                                          dtype=torch.float32)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
+                                          weight_decay=0.0)
+            picks = torch.Generator().manual_seed(recipe.seed)
+            model.train()
+            for step in range(recipe.steps):
+                starts = torch.randint(0, len(train) - recipe.seq_len, (recipe.batch,), generator=picks)
+                batch = torch.stack([train[a: a + recipe.seq_len] for a in starts.tolist()])
+                scale = min(1.0, (step + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * scale
+                model(batch, labels=batch, use_cache=False).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def trained_cache(name: str) -> Path:
+    """The folder of a ``TRAINED`` model, trained on first use (seconds) and kept in the cache."""
+    recipe = TRAINED[name]
+    folder = cache_dir() / f"{name}-{recipe.key()}"
+    if (folder / "config.json").is_file():
+        return folder
+    import contextlib
+    import sys
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as lock:
+        with contextlib.suppress(ImportError):  # one builder at a time (test workers share the cache)
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "config.json").is_file():  # built while this process waited
+            return folder
+        print(f"[course_lib] training {name} once (seconds); later loads use {folder}", file=sys.stderr)
+        model = train_tiny(recipe)
+        remove_stale_staging(folder.parent, f".{folder.name}-*")
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            model.save_pretrained(staging)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def _load_folder(folder: Path, kwargs: dict):
@@ -360,7 +461,8 @@ def _unknown_name_message(name: str, reason: str) -> str:
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return (
         f"Cannot load model '{name}': {reason}.{hint}\n"
-        f"Offline, use an embedded model ({', '.join(EMBEDDED)}) or a tiny one ({', '.join(TINY)}).\n"
+        f"Offline, use an embedded model ({', '.join(EMBEDDED)}) or a tiny one "
+        f"({', '.join(TINY + tuple(TRAINED))}).\n"
         f"For an original model of the lessons (gpt2, TinyLlama/TinyLlama-1.1B-Chat-v1.0, "
         f"Qwen/Qwen2.5-0.5B), connect to the internet once and run "
         f"`python -m course_lib info {name}` to download it into the Hugging Face cache."
