@@ -15,6 +15,7 @@ use runtime, recover and pruning, which use core):
 - ``teaching``: lesson, widgets, plots, checks, student, presenter, summary, run_all;
 - ``cli``: ``python -m course_lib`` (info, eval, prune, ship, bench).
 """
+import logging
 import os
 
 # Idle OpenMP threads sleep instead of spinning. On a laptop running slides, a
@@ -22,3 +23,30 @@ import os
 # make small operations 5-50x slower; sleeping costs a few microseconds.
 # (Read when torch starts its thread pool, so it must be set before that.)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+class _ImportNoise(logging.Filter):
+    """Drops the log lines torchao's import writes on every machine, whoever imports it.
+
+    transformers imports torchao whenever it loads a model (its quantizer table), and
+    torchao then logs one warning per GPU kernel library it cannot load here (FP8 / MX
+    kernels for Hopper GPUs: the course's int8 schemes never use them), while torch's
+    pytree logs a deprecation warning for two of torchao's enums. Four lines of noise
+    at the top of every command and lesson output, about nothing the course runs.
+    Only these records are dropped: any other torchao or torch warning still shows.
+    """
+
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(fragment in message for fragment in self.fragments)
+
+
+# logging is configured before torchao is imported (loggers exist before their modules),
+# so the filters are in place whenever and by whom torchao is imported; no import here.
+logging.getLogger("torchao").addFilter(_ImportNoise("_C_mxfp8", "_C_cutlass"))
+logging.getLogger("torch.utils._pytree").addFilter(
+    _ImportNoise("is an Enum subclass and is now natively supported"))

@@ -42,8 +42,22 @@ def test_owl_sparsities_keep_the_total_and_spare_the_outlier_layers(tiny):
     s = allocation.owl_sparsities(model, shares, 0.6, lam=0.08)
     assert allocation.total_sparsity(model, s) == pytest.approx(0.6)
     assert s[1] < s[0] and s.max() - s.min() == pytest.approx(0.16)
+
+
+def test_outlier_shares_are_owls_d_of_each_layer(tiny):
+    """D_l = the share of a layer's Wanda scores |W_ij| * ||X_j|| above 5x the layer's mean score,
+    written out here from each projection's own inputs (``one_layer.module_inputs``)."""
+    from course_lib.pruning import one_layer
+
+    model, windows = tiny
+    expected = []
+    for modules in allocation.layer_modules(model):
+        scores = torch.cat([(module.weight.abs() * one_layer.module_inputs(model, module, windows.calib)
+                             .double().norm(dim=0).float()).reshape(-1) for module in modules.values()])
+        expected.append(float((scores > 5 * scores.mean()).float().mean()))
     measured = allocation.outlier_shares(model, windows.calib)
-    assert measured.shape == (2,) and ((measured >= 0) & (measured < 1)).all()
+    assert measured == pytest.approx(expected, abs=1e-4)  # a tie flipped by rounding at most
+    assert measured[0] != measured[1]  # the layers differ: D is not a constant
 
 
 def test_a_bad_allocation_is_refused_with_the_count():

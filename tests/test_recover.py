@@ -1,5 +1,6 @@
-"""Recovery: the closed-form refit never worsens calibration error and matches lstsq; distillation
-lowers the KL, trains in place and undoes exactly."""
+"""Recovery: the closed-form refit matches lstsq, reports the repaired model's errors and lowers the
+error on held-out text of a trained model; distillation lowers the KL, trains in place and undoes
+exactly."""
 import copy
 
 import pytest
@@ -50,7 +51,7 @@ def pruned_pair(name, kind, fraction=0.5):
 @pytest.mark.parametrize("damp", [0.1, 1e4])  # a huge ridge keeps W' at the kept weights
 @pytest.mark.parametrize("kind", ["mlp", "heads"])
 @pytest.mark.parametrize("name", TINY)
-def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
+def test_refit_reports_the_final_models_errors_and_undoes(name, kind, damp):
     dense, pruned = pruned_pair(name, kind)
     before_logits = logits(pruned)
     names = R.changed_projections(pruned, dense)
@@ -60,14 +61,9 @@ def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
     after = R.reconstruction_errors(pruned, dense, CALIB[:6])  # the final model, fit windows
     assert handle.info["fit_windows"] == 6 and handle.info["check_windows"] == 2
     for n in names:
-        row = handle.info["errors"][n]
-        assert row["after"] <= row["before"] + 1e-9 * max(1.0, row["before"])
         # the decision was made on the inputs the repaired model really feeds this projection
         # (layer by layer); fitting all layers on the unrepaired model's inputs fails here
-        assert after[n] == pytest.approx(row["after"], rel=1e-4, abs=1e-9)
-    assert after[names[0]] <= before[names[0]] + 1e-9 * max(1.0, before[names[0]])  # nothing upstream
-    for row in handle.info["errors"].values():  # kept only where the kept-out windows agree
-        assert not row["refit"] or row["check_after"] < row["check_before"]
+        assert after[n] == pytest.approx(handle.info["errors"][n]["after"], rel=1e-4, abs=1e-9)
     if damp < 1:
         assert sum(after.values()) < sum(before.values())  # it did something
     handle.restore()
@@ -98,7 +94,6 @@ def test_refit_in_several_batches_fits_what_one_batch_fits(kind):
 def test_refit_equals_lstsq_on_captured_activations():
     dense, pruned = pruned_pair("tiny-llama", "mlp")
     name = R.changed_projections(pruned, dense)[0]
-    layer = int(name.split(".")[1])
     captured = {}
     p_mod = R.output_projections(pruned)[name]
     d_mod = R.output_projections(dense)[name]
@@ -123,25 +118,28 @@ def test_refit_equals_lstsq_on_captured_activations():
     B = torch.cat([y, lam ** 0.5 * P.T])
     expected = torch.linalg.lstsq(A, B).solution.T
     torch.testing.assert_close(R.solve(stat, damp, prior=P), expected, atol=1e-6, rtol=1e-6)
-    assert layer >= 0
 
 
-def test_refit_held_out_error_is_measured_and_reported():
-    """How often the refit also lowers the error on unseen windows (printed: a measurement, not a
-    promise; on these random tiny models it is a minority, see the report in bench/results.md)."""
-    lowered, refit, total = 0, 0, 0
-    for name in TINY:
-        dense, pruned = pruned_pair(name, "mlp", 0.25)
-        before = R.reconstruction_errors(pruned, dense, HELD)
-        handle = R.refit(pruned, dense, CALIB)
-        after = R.reconstruction_errors(pruned, dense, HELD)
-        kept = [n for n, row in handle.info["errors"].items() if row["refit"]]
-        lowered += sum(after[n] < before[n] for n in kept)
-        refit += len(kept)
-        total += len(before)
-    print(f"refit {refit}/{total} projections; held-out error lowered in {lowered}/{refit} of them")
-    assert refit > 0 and 0 <= lowered <= refit
-    assert all(v >= 0 for v in after.values())
+@pytest.mark.parametrize("kind", ["mlp", "heads"])
+def test_refit_lowers_the_error_on_held_out_text_of_a_trained_model(kind):
+    """What the refit is for: fitted on calibration text, each repaired projection writes what the
+    dense one wrote on text it never saw, far more closely than the cut layer did (measured: 5x to
+    60x smaller errors). On a random model this is a coin toss: there is nothing to reconstruct."""
+    from course_lib.core import data
+
+    dense, tokenizer = models.load("tiny-llama-trained")
+    windows = data.windows_for(tokenizer, "tiny-llama-trained", seq_len=32, n_eval=8, n_calib=8)
+    pruned = copy.deepcopy(dense)
+    if kind == "mlp":
+        M.remove_neurons(pruned, recipes.neurons_request(pruned, 0.5)).make_permanent()
+    else:
+        H.remove_heads(pruned, recipes.heads_request(pruned, 0.5)).make_permanent()
+    before = R.reconstruction_errors(pruned, dense, windows.eval)
+    handle = R.refit(pruned, dense, windows.calib)
+    after = R.reconstruction_errors(pruned, dense, windows.eval)
+    assert all(row["refit"] for row in handle.info["errors"].values())
+    for name in before:
+        assert after[name] < before[name] / 2, (name, before[name], after[name])
 
 
 def test_refit_refuses_depth_pruned_and_same_object():

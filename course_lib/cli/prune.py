@@ -19,22 +19,14 @@ from __future__ import annotations
 import copy
 import time
 
-from ..core import data, metrics, models
-from ..pruning import io
-from ..pruning.masks import check_sparsity
-from ..pruning.recipes import (METHODS, SCORES, STRUCTURED, achieved, check_method, check_score,
-                               needs_calibration, prune_with)
-from ..recover.recipes import DEFAULT_STEPS, RECOVERY, check_recovery, recover_with
-from ..runtime import speed
+from ..core.names import (DEFAULT_STEPS, METHODS, RECOVERY, SCORES, STRUCTURED, check_method, check_recovery,
+                          check_score, needs_calibration)
 from . import options
 
 
 def cmd_prune(args) -> dict:
-    method, pattern = check_method(args.method, args.pattern)
+    method, pattern = check_method(args.method, args.pattern)  # the options first: no torch needed
     score = check_score(method, args.score)
-    sparsity = check_sparsity(args.sparsity)
-    if pattern is not None:
-        sparsity = 1 - pattern[0] / pattern[1]
     recover = check_recovery(args.recover, args.steps)
     if recover != "none" and method not in STRUCTURED:
         raise ValueError(f"--recover {recover} repairs a structured prune ({', '.join(STRUCTURED)}); "
@@ -43,6 +35,16 @@ def cmd_prune(args) -> dict:
         raise ValueError("--recover refit repairs layers whose neurons or heads were removed; "
                          "--method layers removes whole layers, so there is nothing to refit. "
                          "Use --recover distil.")
+    from ..core import data, metrics, models
+    from ..pruning.masks import check_sparsity
+    from ..pruning.recipes import achieved, prune_with
+    from ..recover.recipes import recover_with
+    from ..runtime import speed
+
+    options.use_threads(args)
+    sparsity = check_sparsity(args.sparsity)
+    if pattern is not None:
+        sparsity = 1 - pattern[0] / pattern[1]
     model, tokenizer = models.load(args.model, device=args.device)
     options.check_lengths(model, args)
     n_calib = args.n_calib if needs_calibration(method, score) or recover != "none" else 0
@@ -103,11 +105,13 @@ def _save(args, pruned, handle, tokenizer) -> dict:
     """``--save DIR``: a standard checkpoint when every layer was cut alike, else the recipe."""
     if not args.save:
         return {}
+    from ..pruning import io
+
     folder = io.save_pruned(pruned, args.save, handle, tokenizer=tokenizer, compress=args.compress)
     manifest = io.read_manifest(folder)
     saved = {"saved": str(folder),
              "saved_format": ("standard Hugging Face checkpoint" if manifest.get("standard") else
-                              "course recipe (load_pruned)" + (", sparse-bitmask" if args.compress else "")),
+                              "course recipe (load_pruned)" + (", course bitmask" if args.compress else "")),
              "saved_bytes_on_disk": manifest["bytes_on_disk"]}
     if not manifest.get("standard") and not args.compress:  # say why from_pretrained cannot open it
         saved["standard_refused"] = io.standard_problem(pruned)
@@ -131,7 +135,8 @@ def register(sub, common, eval_args) -> None:
                        help="write the pruned model there (a standard checkpoint when every layer "
                             "was cut alike; eval/info DIR open it)")
     prune.add_argument("--compress", action="store_true",
-                       help="with --save: sparse weights in the bitmask layout (fewer bytes)")
+                       help="with --save: sparse weights in the course's bitmask layout (fewer bytes; "
+                            "only the course opens it)")
     prune.add_argument("--recover", default="none", choices=RECOVERY,
                        help="after a structured prune: refit (closed-form repair of the output "
                             "projections) or distil (refit, then KL distillation from the dense model)")

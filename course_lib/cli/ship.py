@@ -18,8 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..core import data, timing
-from ..runtime import pipeline, serve
+from ..core.names import STRUCTURED, check_recipe
 from . import options
 
 FRACTION = 0.1875  # removed per layer (or of the layers): lesson 6's choice on SmolLM2 (its quality budget)
@@ -34,9 +33,12 @@ def bits(text: str) -> int:
 
 
 def cmd_ship(args) -> dict:
+    check_recipe(args.recipe)  # the options first: no torch needed
+    from ..core import data, timing
+    from ..runtime import pipeline, serve
     from .main import load  # the command line's loader: course names, hub ids and saved folders
 
-    pipeline.check_recipe(args.recipe)
+    options.use_threads(args)
     model, tokenizer = load(args.model, device="cpu")
     options.check_lengths(model, args)
     windows = data.windows_for(tokenizer, getattr(model, "course_name", args.model), source=args.source,
@@ -62,7 +64,7 @@ def register(sub, common, eval_args) -> None:
     parser = sub.add_parser("ship", help="prune, recover, quantize, export to ONNX Runtime: each stage measured")
     common(parser)
     parser.add_argument("--recipe", default="mlp",
-                        help=f"structured recipe ({', '.join(pipeline.RECIPES)}), by its data-aware score")
+                        help=f"structured recipe ({', '.join(STRUCTURED)}), by its data-aware score")
     parser.add_argument("--fraction", type=options.fraction, default=FRACTION,
                         help="fraction removed: of every layer's MLP neurons (mlp) or heads (heads), "
                              "or of the layers (layers)")

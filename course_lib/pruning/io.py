@@ -49,7 +49,7 @@ from .undo import PruneHandle
 FORMAT = "course-pruned-v1"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-SPARSE_WEIGHTS = "model.sparse-bitmask.safetensors"
+SPARSE_WEIGHTS = "model.bitmask.safetensors"  # the course's own layout (pruning.compressed)
 TOKENIZER = "tokenizer"
 
 # config keys that must agree between the saved model and the base reloaded by name
@@ -355,6 +355,10 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
     """``(model, tokenizer)`` from a ``save_pruned`` folder, identical to what was saved."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if manifest.get("compression") not in (None, compressed.FORMAT):
+        raise ValueError(f"{folder}: its weights are stored as {manifest['compression']!r}, a layout this "
+                         f"version of the course does not read (it writes {compressed.FORMAT!r}): "
+                         "prune and save the model again.")
     if manifest.get("standard"):
         return _load_standard(folder, manifest, device, attn_implementation)
     models.check_safetensors(folder / manifest["weights"])
@@ -398,7 +402,8 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
 
 def _load_standard(folder: Path, manifest: dict, device, attn_implementation):
     """A standard checkpoint with its manifest: from_pretrained, strictly, plus the course's records."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    hf = models.quiet_transformers()
+    AutoModelForCausalLM, AutoTokenizer = hf.AutoModelForCausalLM, hf.AutoTokenizer
 
     from .heads import KEPT_HEADS_ATTR
     from .mlp import KEPT_NEURONS_ATTR

@@ -254,8 +254,10 @@ def load_offloaded(folder, offload_folder, device: str = "cpu", dtype=torch.floa
     Each layer is read from ``folder``'s safetensors when a forward (or the
     calibration walk) needs it; pruned layers are written to ``offload_folder``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from ..core.models import quiet_transformers
 
+    hf = quiet_transformers()
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer = hf.AutoConfig, hf.AutoModelForCausalLM, hf.AutoTokenizer
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=dtype, device_map=decoder_device_map(config, "disk", device),

@@ -16,63 +16,17 @@ import torch
 from torch import nn
 
 from ..core import arch, metrics
+from ..core.names import (CALIBRATED, METHODS, SCORE_MEANING, SCORES, STRUCTURED,  # noqa: F401 (re-exported)
+                          UNSTRUCTURED, check_method, check_score, needs_calibration)
 from .heads import (head_importance_ablation, head_importance_contribution, head_importance_weight_norm,
                     least_important_groups, least_important_heads, remove_heads)
 from .layers import block_influence, layers_for_fraction, least_important_layers, remove_layers
-from .masks import check_sparsity, magnitude_prune, parse_pattern
+from .masks import check_sparsity, magnitude_prune
 from .mlp import (least_important_neurons, neuron_importance_activation, neuron_importance_weight_norm,
                   remove_neurons)
 from .sparsegpt import sparsegpt_prune
 from .undo import PruneHandle
 from .wanda import wanda_prune
-
-UNSTRUCTURED = ("magnitude", "wanda", "sparsegpt")
-STRUCTURED = ("heads", "mlp", "layers")
-METHODS = UNSTRUCTURED + STRUCTURED
-# the scores that choose which heads / neurons / layers go; the first is the default
-SCORES = {"heads": ("contribution", "ablation", "weight-norm"),
-          "mlp": ("activation", "weight-norm"),
-          "layers": ("block-influence",)}
-SCORE_MEANING = {"contribution": "each head's measured share of the layer output on calibration text",
-                 "ablation": "perplexity increase with the head zeroed, one evaluation per head (slow)",
-                 "activation": "each neuron's mean |activation| on calibration text",
-                 "block-influence": "how much each layer turns the hidden state on calibration text",
-                 "weight-norm": "weight norms only, no data (lesson 4 shows it can ruin a model)"}
-
-
-def check_method(method: str, pattern=None) -> tuple[str, tuple[int, int] | None]:
-    """Validate a method name and its pattern (N:M only for the unstructured methods)."""
-    if method not in METHODS:
-        raise ValueError(f"--method {method!r} is not known: choose one of {', '.join(METHODS)} "
-                         "(weights: magnitude/wanda/sparsegpt; structures: heads/mlp/layers).")
-    pattern = parse_pattern(pattern)
-    if pattern is not None and method in STRUCTURED:
-        raise ValueError(f"--pattern {pattern[0]}:{pattern[1]} applies to single weights; method "
-                         f"{method!r} removes whole {dict(heads='heads', mlp='neurons').get(method, 'layers')}. "
-                         "Drop --pattern, or use magnitude/wanda/sparsegpt.")
-    return method, pattern
-
-
-def check_score(method: str, score: str | None = None) -> str | None:
-    """The score ``method`` will use: ``score`` validated, or the method's default (None: unstructured)."""
-    if method not in SCORES:
-        if score is not None:
-            raise ValueError(f"--score {score!r} chooses which heads, neurons or layers a structured method "
-                             f"removes ({', '.join(STRUCTURED)}); --method {method!r} zeroes single weights by "
-                             "its own rule: drop --score.")
-        return None
-    if score is None:
-        return SCORES[method][0]
-    if score not in SCORES[method]:
-        choices = "; ".join(f"{name}: {SCORE_MEANING[name]}" for name in SCORES[method])
-        raise ValueError(f"--score {score!r} is not a score for --method {method}: choose one of "
-                         f"{', '.join(SCORES[method])} ({choices}).")
-    return score
-
-
-def needs_calibration(method: str, score: str | None = None) -> bool:
-    """Whether ``method`` (with ``score``) reads calibration windows."""
-    return method in ("wanda", "sparsegpt") or check_score(method, score) not in (None, "weight-norm")
 
 
 def importance(model: nn.Module, method: str, score: str | None = None, calib: torch.Tensor | None = None):

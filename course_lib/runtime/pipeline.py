@@ -38,12 +38,13 @@ import torch
 from torch import nn
 
 from ..core import data, metrics, timing
+from ..core.names import STRUCTURED, check_recipe
 from ..pruning import io, recipes
 from ..recover import repair
 from ..recover.recipes import can_refit
 from . import export, quantize, serve, speed, store
 
-RECIPES = ("mlp", "heads", "layers")  # the structured cut: every layer's MLP neurons or heads, or whole layers
+RECIPES = STRUCTURED  # the structured cut: every layer's heads or MLP neurons, or whole layers
 SERVED = ("dense", "shipped")  # the stages whose greedy tokens/s is measured
 
 
@@ -86,13 +87,6 @@ def table(rows: list[StageResult]) -> str:
 
 
 # ------------------------------------------------------------------------ the stages
-def check_recipe(recipe: str) -> str:
-    if recipe not in RECIPES:
-        raise ValueError(f"--recipe {recipe!r} is unknown: the pipeline ships {', '.join(RECIPES)} (the same "
-                         "fraction of MLP neurons or of heads removed from every layer, or of whole layers).")
-    return recipe
-
-
 def structured_prune(model: nn.Module, calib: torch.Tensor, fraction: float,
                      recipe: str = "mlp") -> nn.Module:
     """A copy of ``model`` with ``fraction`` of every layer's MLP neurons (``recipe="mlp"``) or heads
@@ -118,14 +112,40 @@ def recovered_copy(pruned: nn.Module, dense: nn.Module, calib: torch.Tensor) -> 
 
 
 def fingerprint(model: nn.Module) -> str:
-    """A short hash of the weights and their shapes: the name of a cached export."""
-    digest = hashlib.sha1()
+    """The name of a cached export: a hash of everything the exported file depends on.
+
+    Every byte of every tensor of the state dict (with its name, dtype and shape; a
+    tied tensor is hashed once and its second name recorded as an alias), the model's
+    class and config, and the exporter: the source of ``runtime.export`` (its settings:
+    opset, traced attention, dynamic axes) and the versions of torch, transformers,
+    onnx and onnxscript. Two models that differ anywhere, even in one bit of one
+    weight, never share a cached file; hashing ~0.5 GB takes about a second, a small
+    part of an export.
+    """
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    digest.update(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(Path(export.__file__).read_bytes())
+    for package in ("torch", "transformers", "onnx", "onnxscript"):
+        try:
+            digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package}=absent".encode())
+    first_name: dict[tuple, str] = {}
     with torch.no_grad():
-        for name, p in model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(str(tuple(p.shape)).encode())
-            digest.update(p.detach().float().flatten()[:: max(1, p.numel() // 4096)].cpu().numpy().tobytes())
-    return digest.hexdigest()[:12]
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            storage = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                       tuple(tensor.shape), tuple(tensor.stride()))
+            if storage in first_name:
+                digest.update(f"={first_name[storage]}".encode())
+                continue
+            first_name[storage] = name
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(data.view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
 
 
 def _written_beside(target: Path, write) -> Path:

@@ -138,19 +138,3 @@ def cmd_bench(args) -> dict:
             "checks": "; ".join(f"{c['claim']}: {c['value']} ({'yes' if c['holds'] else 'NO'})"
                                 for c in result["checks"]),
             "bench_seconds": round(result["bench_seconds"])}
-
-
-def register(sub) -> None:
-    """Add ``bench`` to the CLI's sub-commands."""
-    bench = sub.add_parser("bench", help="speed and quality benchmark -> OUT/results.md, results.png")
-    bench.add_argument("model", nargs="?", default="smollm2-135m",
-                       help=f"a course model ({', '.join(models.all_names())})")
-    bench.add_argument("--threads", type=options.THREADS, default=2,
-                       help="CPU threads (recorded with timings), 1..1024")
-    bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--source", default="pydoc", help="text for perplexity/calibration")
-    bench.add_argument("--out", default="bench", help="folder for results.md and results.png")
-    bench.add_argument("--quick", action="store_true", help="few windows and runs (tests)")
-    bench.add_argument("--render", action="store_true",
-                       help="only rewrite results.md and results.png from OUT/results.json (no measuring)")
-    bench.set_defaults(run=cmd_bench)
