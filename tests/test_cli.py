@@ -61,7 +61,7 @@ def _fresh(code: str) -> subprocess.CompletedProcess:
     ["prune", "tiny-llama", "--method", "lottery"],               # the method's name
     ["prune", "tiny-llama", "--method", "heads", "--pattern", "2:4"],
     ["prune", "tiny-llama", "--method", "magnitude", "--recover", "refit"],
-    ["ship", "tiny-llama", "--recipe", "heads"],
+    ["ship", "tiny-llama", "--recipe", "wanda"],
 ])
 def test_help_and_option_errors_import_no_model_code(argv):
     """--help and a bad option answer before torch, transformers or a runtime is imported (they take

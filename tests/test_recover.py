@@ -131,9 +131,9 @@ def test_refit_lowers_the_error_on_held_out_text_of_a_trained_model(kind):
     windows = data.windows_for(tokenizer, "tiny-llama-trained", seq_len=32, n_eval=8, n_calib=8)
     pruned = copy.deepcopy(dense)
     if kind == "mlp":
-        M.remove_neurons(pruned, recipes.neurons_request(pruned, 0.5)).make_permanent()
+        M.remove_neurons(pruned, recipes.neurons_request(pruned, 0.5, calib=windows.calib)).make_permanent()
     else:
-        H.remove_heads(pruned, recipes.heads_request(pruned, 0.5)).make_permanent()
+        H.remove_heads(pruned, recipes.heads_request(pruned, 0.5, calib=windows.calib)).make_permanent()
     before = R.reconstruction_errors(pruned, dense, windows.eval)
     handle = R.refit(pruned, dense, windows.calib)
     after = R.reconstruction_errors(pruned, dense, windows.eval)
