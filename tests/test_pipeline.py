@@ -11,6 +11,7 @@ import copy
 import json
 
 import onnxruntime  # noqa: F401  a hard dependency: a broken install fails here, loudly
+import numpy as np
 import pytest
 import torch
 
@@ -192,3 +193,15 @@ def test_ship_bad_options_are_one_line_exit_2(capsys, argv, option):
     assert main(["ship", MODEL, *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and option in err, err
+
+
+def test_any_two_stages_compare_paired_from_the_one_measurement(shipped):
+    *_, result = shipped
+    rows = {r.stage: r for r in result.rows}
+    for row in result.rows:  # against dense: the very figure of the table
+        assert row.speedup_over(rows["dense"]) == row.prefill_speedup
+        assert row.speedup_over(rows["dense"], "decode") == row.decode_speedup
+    shipped_over_onnx = rows["shipped"].speedup_over(rows["ONNX Runtime"])
+    ratios = [a / b for a, b in zip(rows["ONNX Runtime"].measurements["prefill"].times_ms,
+                                    rows["shipped"].measurements["prefill"].times_ms)]
+    assert shipped_over_onnx.median == pytest.approx(float(np.median(ratios)))  # paired run by run

@@ -60,6 +60,11 @@ class StageResult:
     seconds: float  # time to make this stage from the one before it
     note: str = ""
     tokens_per_s: dict | None = None  # batch size -> greedy tokens per second (served stages only)
+    measurements: dict = field(default_factory=dict, repr=False)  # "prefill"/"decode" -> Measurement
+
+    def speedup_over(self, other: "StageResult", kind: str = "prefill") -> timing.Speedup:
+        """This stage against another of the same measurement (paired: one interleaved call)."""
+        return timing.speedup(other.measurements[kind], self.measurements[kind])
 
     def as_dict(self) -> dict:
         served = None if self.tokens_per_s is None else {
@@ -225,7 +230,8 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
     return [StageResult(label, ppl[label], timing.speedup(prefill["dense"], prefill[label]),
                         timing.speedup(decode["dense"], decode[label]), metrics.file_bytes(files[label]),
                         seconds.get(label, 0.0), notes.get(label, ""),
-                        {b: serving[b].tokens_per_s(label) for b in serving} if label in served else None)
+                        {b: serving[b].tokens_per_s(label) for b in serving} if label in served else None,
+                        {"prefill": prefill[label], "decode": decode[label]})
             for label in stages]
 
 
