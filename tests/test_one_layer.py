@@ -14,9 +14,11 @@ def test_inputs_are_what_the_module_reads():
     written = []
     hook = model.model.layers[1].mlp.register_forward_hook(lambda m, a, out: written.append(out))
     try:
-        x = one_layer.module_inputs(model, module, windows)
+        with torch.no_grad():
+            model(windows, use_cache=False)  # the whole model, as it runs
     finally:
         hook.remove()
+    x = one_layer.module_inputs(model, module, windows)  # stops once it has them
     assert x.shape == (2 * 16, module.in_features)
     torch.testing.assert_close(x @ module.weight.t(), written[0].reshape(-1, module.out_features))
 
