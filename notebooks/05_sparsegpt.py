@@ -228,7 +228,8 @@ run.claim("SparseGPT and Wanda stay far below magnitude at 50%: under half its p
 ranking = stats.compare_over_draws("Wanda", [q.nll for q in at_50["wanda"]],
                                    "SparseGPT", [q.nll for q in at_50["sparsegpt"]])
 print(ranking)
-run.claim(f"calibrated on {N_CALIB * calib.shape[1]} tokens, SparseGPT beats Wanda at 50% in every draw",
+run.claim(f"calibrated on {N_CALIB * calib.shape[1]} tokens, SparseGPT beats Wanda at 50%: over the draws "
+          "(draws and evaluation blocks both redrawn) and in each draw's own estimate",
           ranking.b_lower_everywhere, ranking.verdict, needs_real_model=True)
 best = "sparsegpt" if ranking.b_lower_everywhere else "wanda" if ranking.b_higher_everywhere else "not decided"
 print(f"you guessed {my_guess_best_at_50}; the lowest perplexity at 50%, over the draws: {best}")
@@ -237,28 +238,16 @@ plots.intervals({f"draw {d}": (c.ratio, c.low, c.high) for d, c in enumerate(ran
                 title=f"50%: SparseGPT against Wanda, {DRAWS} calibration draws")
 
 # %% [markdown]
-# And with half the calibration, 1024 tokens, fewer than `down_proj`'s inputs? One
-# draw, for the picture the matrix above predicts (a ranking would need the draws):
-
-# %%
-half_calib = calib[: N_CALIB // 2]
-at_1024 = {}
-for method in ("wanda", "sparsegpt"):
-    handle = PRUNERS[method](model, 0.5, half_calib)
-    at_1024[method] = run.quality()
-    handle.restore()
-small = at_1024["sparsegpt"].vs(at_1024["wanda"])
-print(f"{half_calib.numel()} calibration tokens, draw 0: Wanda {at_1024['wanda'].perplexity:.2f}, "
-      f"SparseGPT {at_1024['sparsegpt'].perplexity:.2f}; SparseGPT / Wanda {small.ratio:.3f} ({small.interval()})")
-print(f"{calib.numel()} calibration tokens, draw 0: Wanda {at_50['wanda'][0].perplexity:.2f}, "
-      f"SparseGPT {at_50['sparsegpt'][0].perplexity:.2f}")
-
-# %% [markdown]
-# Read the two lines against the matrix curve: with fewer calibration tokens than
-# inputs, SparseGPT loses its advantage on the whole model too. The published
-# comparisons calibrate on 128 windows of 2048 tokens (Wanda's and SparseGPT's papers,
-# on 7B models); `make bench` measures this model on 32 windows of 256 tokens
-# (`bench/reference_protocol.md`).
+# The matrix curve above predicts the other side: with fewer calibration tokens than
+# `down_proj` has inputs, SparseGPT's fit follows its sample and its advantage goes.
+#
+# <!-- quoted: this lesson's earlier versions, calibrated on 8 windows of 128 tokens -->
+# With 1024 calibration tokens this lesson once measured Wanda at 36.80 and SparseGPT at
+# 38.93 on these evaluation windows, and SparseGPT's figure moved with the CPU it ran on.
+#
+# The published comparisons calibrate on 128 windows of 2048 tokens (Wanda's and
+# SparseGPT's papers, on 7B models); `make bench` measures this model on 32 windows of 256
+# tokens (`bench/reference_protocol.md`).
 #
 # ### 2:4
 #
@@ -524,7 +513,8 @@ owl_ranking = stats.compare_over_draws("uniform", [q.nll for q in owl_quality["u
 print(f"Wanda {OWL_TARGET:.0%} in total: {owl_ranking}")
 usable = max(q.perplexity for q in owl_quality["uniform"]) / dense.perplexity
 print(f"uniform {OWL_TARGET:.0%} Wanda is at most {usable:.1f} times the dense perplexity: still a usable model")
-run.claim(f"at {OWL_TARGET:.0%} with Wanda's scores, the outlier-aware allocation beats uniform in every draw, same total",
+run.claim(f"at {OWL_TARGET:.0%} with Wanda's scores, the outlier-aware allocation beats uniform at the same total, "
+          "over the draws and in each draw's own estimate",
           owl_ranking.b_lower_everywhere, owl_ranking.verdict, needs_real_model=True)
 
 # %% [markdown]
