@@ -1,5 +1,7 @@
 # ---
 # jupyter:
+#   course:
+#     replay_rtol: 0.002
 #   jupytext:
 #     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
@@ -12,8 +14,6 @@
 #     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
-#   course:
-#     replay_rtol: 0.002
 # ---
 
 # %% [markdown]

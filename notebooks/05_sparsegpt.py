@@ -1,5 +1,7 @@
 # ---
 # jupyter:
+#   course:
+#     replay_rtol: 0.002
 #   jupytext:
 #     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
@@ -12,8 +14,6 @@
 #     display_name: Python 3 (ipykernel)
 #     language: python
 #     name: python3
-#   course:
-#     replay_rtol: 0.002
 # ---
 
 # %% [markdown]
@@ -478,10 +478,8 @@ def my_allocation(n_layers):
     ### END SOLUTION
 
 
-print(f"your allocation, mean sparsity: {sum(my_allocation(n_layers)) / n_layers:.2f}")
-
 # %%
-checks.check_allocation(model, scan_windows, my_allocation(n_layers), 0.6)
+checks.check_allocation(model, scan_windows, my_allocation, 0.6)
 
 # %% [markdown]
 # ### The worked answer: allocate by outliers (OWL)

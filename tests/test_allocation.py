@@ -139,3 +139,20 @@ def test_the_allocation_check_measures_against_uniform(tiny):
     ppl = metrics.perplexity(model, windows.eval)
     handle.restore()
     assert f"{ppl:.2f} with your allocation" in results[0].message
+
+
+def test_the_allocation_check_takes_the_students_function_and_answers_a_stub_with_a_hint():
+    from course_lib.core import data, models
+    from course_lib.teaching import checks
+
+    model, tokenizer = models.load("tiny-llama")
+    windows = data.windows_for(tokenizer, "tiny-llama", seq_len=16, n_eval=2, n_calib=0)
+    as_list = checks.check_allocation(model, windows.eval, [0.5, 0.7], 0.6)
+    as_function = checks.check_allocation(model, windows.eval, lambda n_layers: [0.5, 0.7][:n_layers], 0.6)
+    assert as_function.message == as_list.message
+
+    def stub(n_layers):
+        raise NotImplementedError
+
+    result = checks.check_allocation(model, windows.eval, stub, 0.6)
+    assert not result and "not written yet" in result.message

@@ -324,10 +324,17 @@ def check_sparsegpt_step(fn: Callable[[torch.Tensor, torch.Tensor, int, torch.Te
 
 # ------------------------------------------------------------- lesson 5: the allocation challenge
 def check_allocation(model, windows: torch.Tensor, sparsities, target: float) -> CheckResult:
-    """Measure a per-layer allocation against uniform pruning (magnitude scores) at the same total."""
-    from ..core import metrics
+    """Measure a per-layer allocation against uniform pruning (magnitude scores) at the same total.
+
+    ``sparsities``: one sparsity per decoder layer, or the student's function of the layer count.
+    """
+    from ..core import arch, metrics
     from ..pruning import allocation
 
+    if callable(sparsities):
+        sparsities, error = _run(sparsities, len(arch.decoder_layers(model)))
+        if error is not None:
+            return error
     try:
         s = allocation.check_allocation(model, sparsities)
     except (ValueError, TypeError) as err:
