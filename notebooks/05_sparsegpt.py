@@ -490,8 +490,8 @@ checks.check_allocation(model, scan_windows, my_allocation, 0.6)
 # one: 8 points either side of the target, then one common shift that restores the
 # total (`pruning/allocation.py` derives it; the shifts are printed). An allocation matters where the model is still usable, so compare it
 # with uniform where Wanda leaves this model at a few times its dense perplexity:
-# 60%, with Wanda's scores, over the calibration draws (half of each draw's windows:
-# Wanda needs no full-rank fit), on the lesson's evaluation windows.
+# 60%, with Wanda's scores, over the calibration draws (a quarter of each draw's
+# windows: Wanda fits nothing, one norm per input), on the lesson's evaluation windows.
 
 # %%
 OWL_TARGET = 0.6
@@ -499,7 +499,7 @@ owl_quality = {"uniform": [], "OWL": []}
 for d, cal in enumerate(draws):
     owl = allocation.owl_sparsities(model, allocation.outlier_shares(model, cal[:2]), OWL_TARGET)
     for label, alloc in (("uniform", [OWL_TARGET] * n_layers), ("OWL", owl)):
-        handle = allocation.prune_layers(model, alloc, method="wanda", calib_windows=cal[: N_CALIB // 2])
+        handle = allocation.prune_layers(model, alloc, method="wanda", calib_windows=cal[: N_CALIB // 4])
         owl_quality[label].append(run.quality())
         handle.restore()
     if d == 0:
@@ -511,9 +511,15 @@ owl_ranking = stats.compare_over_draws("uniform", [q.nll for q in owl_quality["u
 print(f"Wanda {OWL_TARGET:.0%} in total: {owl_ranking}")
 usable = max(q.perplexity for q in owl_quality["uniform"]) / dense.perplexity
 print(f"uniform {OWL_TARGET:.0%} Wanda is at most {usable:.1f} times the dense perplexity: still a usable model")
-run.claim(f"at {OWL_TARGET:.0%} with Wanda's scores, the outlier-aware allocation beats uniform at the same total, "
-          "over the draws and in each draw's own estimate",
-          owl_ranking.b_lower_everywhere, owl_ranking.verdict, needs_real_model=True)
+run.claim(f"at {OWL_TARGET:.0%} with Wanda's scores, the outlier-aware allocation does not beat uniform on this "
+          "model: uniform is lower, over the draws and in each draw's own estimate",
+          owl_ranking.b_higher_everywhere, owl_ranking.verdict, needs_real_model=True)
+
+# %% [markdown]
+# The folklore says OWL beats uniform; its paper measured that on models of billions of
+# parameters, at 70% and beyond. On this 135M model, at a sparsity where it is still
+# usable, the outlier-aware allocation cost perplexity in every draw: an allocation is a
+# hypothesis about the model, to be measured before it is trusted.
 
 # %% [markdown]
 # ## Explore
@@ -610,8 +616,9 @@ checks.check_sparsegpt_step(sparsegpt_step)
 #   tensor cores, and few runtimes still ship them (lesson 6).
 # - SparseGPT should be calibrated on the kind of text the model will see; matching
 #   mattered less to Wanda.
-# - Layers differ: sparing the sensitive ones (by a scan, or by outliers as OWL does)
-#   can beat uniform at the same total: the verdict above, over the draws, says whether it did here.
+# - Layers differ: a single layer pruned alone shows it, and on a model ruined by magnitude
+#   pruning an allocation that spares the ends beats uniform (the challenge). OWL's
+#   outlier rule, at a usable 60% with Wanda, lost to uniform on this model in every draw.
 # - At 70% SparseGPT leaves this small model at several times its dense perplexity: the
 #   folklore's "minimal loss" was measured on models of billions of parameters.
 

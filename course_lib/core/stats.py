@@ -100,7 +100,7 @@ class PairedRatio:
         return "not distinguishable"
 
     def interval(self) -> str:
-        return f"{self.level:.0%} interval {self.low:.3f}-{self.high:.3f}"
+        return f"{self.level:.0%} interval {_fmt(self.low)}-{_fmt(self.high)}"
 
     def decide_hint(self) -> str:
         """How much more text would decide an undecided comparison, in words."""
@@ -111,9 +111,14 @@ class PairedRatio:
         return f"not distinguishable at this size: about {math.ceil(self.more_text)}x more text would decide it"
 
     def __str__(self) -> str:
-        text = (f"{self.other:.2f} vs {self.base:.2f}: ratio {self.ratio:.3f} "
+        text = (f"{self.other:.2f} vs {self.base:.2f}: ratio {_fmt(self.ratio)} "
                 f"({self.interval()}, {self.blocks} blocks of {BLOCK} tokens)")
         return text + (f"; {self.decide_hint()}" if not self.decided else "")
+
+
+def _fmt(ratio: float) -> str:
+    """A ratio to three decimals, or to three significant digits when it is far from 1."""
+    return f"{ratio:.3f}" if 0.01 <= ratio < 1000 else f"{ratio:.3g}"
 
 
 def paired_ratio(nll_base: torch.Tensor, nll_other: torch.Tensor, block: int = BLOCK,
