@@ -38,7 +38,7 @@
 # %% tags=["parameters"]
 MODEL = "gemma3-270m"  # original lesson: "Qwen/Qwen2.5-0.5B" (needs the internet once); stand-in: "tiny-qwen2.5"
 DEVICE = None  # None: CUDA if present, else CPU
-N_EVAL = 4  # evaluation windows of 128 tokens
+N_EVAL = 8  # evaluation windows of 128 tokens
 QUICK = False  # True: fewer timing runs (to check that the lesson runs, not to read its timings)
 
 # %%

@@ -150,8 +150,13 @@ ppl["recovered"] = round(quality["recovered"].perplexity, 2)
 print(f"perplexity: dense {ppl['dense']:.2f}, pruned {ppl['pruned']:.2f}, refitted {ppl['recovered']:.2f}")
 won_back = (ppl["pruned"] - ppl["recovered"]) / (ppl["pruned"] - ppl["dense"])
 refit_gain = quality["recovered"].vs(quality["pruned"])  # paired: the same cut before and after
-run.claim("the refit lowers the pruned model's perplexity", refit_gain.verdict == "lower",
-          f"{refit_gain}; {won_back:.0%} of the loss won back", needs_real_model=True)
+print(f"refitted vs pruned, paired: {refit_gain} ({won_back:.0%} of the loss won back by the estimate)")
+
+# %% [markdown]
+# After this MLP cut the refit's gain is within what 4 evaluation windows can tell apart
+# (the line above says how much more text would decide it), as lesson 4 found for the
+# same kind of cut; after head removal (lesson 3) it wins back far more. Recovering an
+# MLP cut takes training (lesson 4's distillation).
 
 # %% [markdown]
 # ## Stage 3 — int8 in PyTorch: why the naive way breaks this model
@@ -417,8 +422,10 @@ run.claim("the shipped file is at least 3x smaller than the dense safetensors",
           f"{metrics.file_bytes(files['dense']) / 1e6:.0f} MB -> {metrics.file_bytes(files['shipped']) / 1e6:.0f} MB",
           needs_real_model=True)
 shipped_vs_dense = quality["shipped"].vs(quality["dense"])
-run.claim(f"the shipped model's perplexity is within {BUDGET} times dense, the whole interval",
-          shipped_vs_dense.high <= BUDGET, str(shipped_vs_dense), needs_real_model=True)
+run.claim(f"the shipped model is decidedly worse than dense, and its measured ratio is within the {BUDGET} budget",
+          shipped_vs_dense.low > 1 and shipped_vs_dense.ratio <= BUDGET, str(shipped_vs_dense), needs_real_model=True)
+print(f"the budget decided by the interval too: {'yes' if shipped_vs_dense.high <= BUDGET else 'no'} "
+      f"(its upper end: {shipped_vs_dense.high:.3f})")
 
 # %% [markdown]
 # ## Serving: greedy generation, the same prompt
@@ -476,7 +483,7 @@ def versus(stage, baseline):  # two stages of the one interleaved stage measurem
 
 
 at_half = {layout: curve.speedups[layout][curve.sparsities.index(0.5)] for layout in sparse.LAYOUTS}
-no_24 = reason or "no 2:4 kernel"
+no_24 = "CUDA only (to_sparse_semi_structured)" if reason else "measured in the 2:4 cell"
 runtime_table = [
     ("pruning", "PyTorch eager (CPU)", "ONNX Runtime float32", "ONNX Runtime 8-bit", "course CSR/BSR",
      "GPU serving in 2026"),
@@ -484,7 +491,7 @@ runtime_table = [
      paired(zeros_speedup["prefill"], zeros_speedup["decode"]), "not measured",
      " / ".join(f"{layout.upper()} {at_half[layout]:.2f}x" for layout in sparse.LAYOUTS) + " (one matrix)",
      "sparse checkpoints no longer load (vllm #36799)"),
-    ("2:4", f"cannot run: {no_24}", "no 2:4 kernel", "no 2:4 kernel", "-",
+    ("2:4", no_24, "no 2:4 kernel", "no 2:4 kernel", "-",
      "removed from vLLM (#36799); A100-only gains, slower on an RTX 4090 (pytorch/tutorials #3505)"),
     (f"structured ({FRACTION:.2%} MLP)", versus("recovered", "dense"), versus("ONNX Runtime", "dense ONNX"), "-",
      "-", "loads as an ordinary, smaller model"),
@@ -552,7 +559,7 @@ checks.check_int8_rows(int8_rows)
 #   weights it removes; 8-bit weights and a 4-bit embedding shrink it most.
 #   Unstructured zeros shrink a file only compressed or in a bitmask.
 # - **Quality** is lost in pruning (the costliest stage on the path to the shipped
-#   model), partly won back by the refit; int8 *activations* with one scale per tensor
+#   model); the refit's gain after this MLP cut was too small to decide; int8 *activations* with one scale per tensor
 #   break this model, and even with the outlier projections in float the PyTorch int8
 #   branch costs more than pruning did, while 8-bit weights with a scale per block of 32
 #   cost little.
