@@ -23,8 +23,8 @@ from .undo import PruneHandle
 
 
 def collect_sq_norms(stat, x: torch.Tensor) -> torch.Tensor:
-    """Running sum over tokens of x_j^2 for each input channel j (x: tokens x in_features)."""
-    sq = x.float().pow(2).sum(dim=0)
+    """Running sum over tokens of x_j^2 for each input channel j (x: tokens x in_features), in float64."""
+    sq = x.double().pow(2).sum(dim=0)
     return sq if stat is None else stat.add_(sq)
 
 
