@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ..core import arch
+from ..core.cancel import checkpoint
 from . import calibrate
 from .masks import (check_pattern_fits, check_sparsity, check_target, describe,
                     nm_mask, parse_pattern, topk_mask)
@@ -151,6 +152,8 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
         i2 = min(i1 + update_block, cols)
         if pattern is None:  # an update block never straddles a mask-selection block
             i2 = min(i2, (i1 // blocksize + 1) * blocksize)
+        if i1 % blocksize == 0:
+            checkpoint()  # a live explorer may stop here (a pure function: nothing to undo)
         if pattern is None and i1 % blocksize == 0:
             # adaptive mask selection: lowest w^2 / U_ii^2 of the next `blocksize` columns, per matrix
             b2 = min(i1 + blocksize, cols)
