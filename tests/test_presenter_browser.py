@@ -107,7 +107,9 @@ def test_every_tab_and_method_measures_and_restores(tiny_dashboard):
             structured = key in ("02", "03", "04") and method != "zero"
             assert (point.parameters < dense.parameters) == structured, (key, method)
         explorer.slider.value = section.step  # and through the widgets
+        explorer.wait(timeout=300)
         assert f"{section.methods[0]} at {section.step:.2f}" in explorer.text, (key, explorer.text)
+        assert "points cached" in explorer.text and "paired runs" in explorer.text, (key, explorer.text)
         assert explorer.errors == [], (key, explorer.errors)
     assert all(torch.equal(v, original[k]) for k, v in d.model.state_dict().items())
 
@@ -127,6 +129,34 @@ def test_precompute_fills_every_grid_and_a_new_session_reuses_it(tiny_dashboard)
     explorer = again.open("03")
     assert explorer.point("weight norm", 1 / 3) == d.explorers["03"].cache[("weight norm", round(1 / 3, 4))]
     assert explorer.measurements == 0 and explorer.disk_hits >= 2
+
+
+def test_precompute_measures_the_slow_methods_first(tiny_dashboard):
+    d = tiny_dashboard
+    d.precompute(keys=["05", "06"], background=False)
+    started = {}  # method -> when its first point was pruned
+    for key in ("05", "06"):
+        for when, event, (method, _) in d.explorers[key].trace:
+            if event == "prune" and method != "dense":
+                started.setdefault(method, when)
+    order = sorted(started, key=started.get)
+    assert order[:2] == ["sparsegpt", "wanda"], order
+    assert set(order) == {"magnitude", "random", "wanda", "sparsegpt", "fewest outliers first",
+                          "layer order"}
+
+
+def test_prepare_fills_the_disk_cache_once(tmp_path, capsys):
+    small = dict(seq_len=32, n_eval=2, n_calib=2, latency_tokens=8, latency_runs=2, threads=1,
+                 cache_dir=tmp_path)
+    with timing.thread_count(1):
+        first = presenter.prepare(("sparsegpt",), "tiny-llama", **small)
+        again = presenter.prepare(("sparsegpt",), "tiny-llama", **small)
+    section = next(s for s in presenter.SECTIONS if "sparsegpt" in s.methods)
+    grid = round(section.amount_max / section.step)
+    assert first["measured"] == grid + 1 and first["from_disk"] == 0  # the grid and the dense point
+    assert again["measured"] == 0 and again["from_disk"] == grid + 1
+    assert presenter.main(["--prepare", "--methods", "sparsegtp"]) == 2
+    assert "no dashboard tab has ['sparsegtp']" in capsys.readouterr().err
 
 
 def test_precompute_can_be_turned_off(tiny_dashboard, monkeypatch):

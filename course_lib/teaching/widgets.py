@@ -63,6 +63,7 @@ import ipywidgets as widgets
 import torch
 from IPython.display import display
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ..core import metrics, stats, timing
 from ..core.cancel import Cancelled, checkpoint, stop_when
@@ -72,6 +73,7 @@ DENSE_RUNS = 3  # the dense point times the dense model alone, for its latency l
 REDRAW_EVERY_S = 1.0  # while timing, the plot is redrawn at most this often (a redraw costs ~0.2 s)
 CACHE_VERSION = 2  # in every disk key: points of an older layout are measured again
 _GATES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # one gate per shared model
+_DRAWING = threading.Lock()  # matplotlib's text rendering is not thread-safe: one figure at a time
 
 
 class _Gate:
@@ -119,6 +121,14 @@ class _Gate:
 def default_cache_dir() -> Path:
     """Where explorers keep measured points between sessions (``COURSE_CACHE`` overrides)."""
     return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "pruning-course")) / "explorer"
+
+
+def digest(*tensors: torch.Tensor, text: str = "") -> str:
+    """A short fingerprint of some tensors' contents (and a text): part of a disk-cache key."""
+    h = hashlib.sha256(text.encode())
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def grid_step(values: Sequence[float], step: float, start: float = 0.0) -> float:
@@ -252,7 +262,6 @@ class Explorer:
         self._live: Point | None = None  # the point being measured for the slider
         self._drawn: tuple | None = None  # what the current plot shows
         self._drawn_at = 0.0
-        self._drawing = threading.Lock()
 
         start = amount_min if value is None else value
         step = grid_step(list(grid) + [start, amount_max], step, amount_min)
@@ -377,10 +386,8 @@ class Explorer:
     def _disk_path(self, key: tuple[str, float]) -> Path | None:
         if self.cache_dir is None:
             return None
-        digest = hashlib.sha256(self.eval_windows.cpu().numpy().tobytes())
-        for text, w in sorted(self.also_on.items()):
-            digest.update(text.encode() + w.cpu().numpy().tobytes())
-        windows = digest.hexdigest()[:16]
+        texts = sorted(self.also_on.items())
+        windows = digest(self.eval_windows, *(w for _, w in texts), text=" ".join(t for t, _ in texts))
         model = hashlib.sha256(repr(self._original).encode()).hexdigest()[:16]
         prune = getattr(self.prune, "__qualname__", type(self.prune).__name__)
         ident = json.dumps([CACHE_VERSION, self.model_name, model, self.title, prune, key[0], key[1],
@@ -667,13 +674,16 @@ class Explorer:
             return  # a cached point: the plot already shows it (a redraw costs ~0.2 s)
         if throttle and time.perf_counter() - self._drawn_at < REDRAW_EVERY_S:
             return  # while timing: now and then, not after every run
-        with self._drawing:
+        with _DRAWING:
             self._drawn, self._drawn_at = drawn, time.perf_counter()
-            # Written into the widget's own state (not through `with output:` capture,
-            # which needs a live front end): the figure never leaks into the cell.
-            figure = self.figure()
-            self.plot_output.outputs = ()
-            self.plot_output.append_display_data(figure)
+            try:
+                figure = self.figure()
+                # Written into the widget's own state (not through `with output:` capture,
+                # which needs a live front end): the figure never leaks into the cell.
+                self.plot_output.outputs = ()
+                self.plot_output.append_display_data(figure)
+            except Exception:  # e.g. the lesson drew a figure in another thread meanwhile
+                self._drawn = None  # the old plot stays; the next change draws again
 
     def figure(self) -> Figure:
         """Perplexity and speedup of every visited point (the one being timed too), one line per
@@ -702,6 +712,10 @@ class Explorer:
                     lows.append(live.interval_low)
                     highs.append(live.interval_high)
         left.set(xlabel=self.slider.description, ylabel=f"perplexity ({self.windows_text})", yscale="log")
+        # plain tick labels ("100", not mathtext's 10^2): matplotlib's mathtext parser is not
+        # thread-safe, and a lesson may draw its own figures while the explorer measures
+        left.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        left.yaxis.set_minor_formatter(NullFormatter())
         right.set(xlabel=self.slider.description, ylabel="speedup vs dense (interval)",
                   ylim=(min(lows) * 0.95, max(highs) * 1.05))
         right.axhline(1.0, color="grey", lw=0.8)
