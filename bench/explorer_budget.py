@@ -40,7 +40,9 @@ def when(explorer, event: str, key, after: float, timeout: float = 600.0) -> flo
             if e == event and k == key and t >= after:
                 return t
         time.sleep(0.002)
-    raise TimeoutError(f"{explorer.title}: no {event!r} for {key} within {timeout:.0f} s")
+    recent = [(round(t - after, 2), e, k) for t, e, k in list(explorer.trace)[-8:]]
+    raise TimeoutError(f"{explorer.title}: no {event!r} for {key} within {timeout:.0f} s; last events "
+                       f"(seconds after the wait began): {recent}")
 
 
 def phase_at(explorer, key, moment: float) -> str:

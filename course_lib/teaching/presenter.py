@@ -290,13 +290,14 @@ class Dashboard:
             raise ValueError(f"no lesson {key!r} on the dashboard; choose one of {list(self.sections)}.")
         with self._opening:  # a tab click and the background precompute may race here
             if key not in self.explorers:
-                from .widgets import Explorer
+                from .widgets import Explorer, exclusive
 
                 s = self.sections[key]
-                if self._dense is None:
-                    self._dense = copy.deepcopy(self.model)
-                if s.scores:  # now, not in the first point the room asks for
-                    getattr(self.scores, s.scores)
+                with exclusive(self.model):  # the original weights: no other tab prunes meanwhile
+                    if self._dense is None:
+                        self._dense = copy.deepcopy(self.model)
+                    if s.scores:  # now, not in the first point the room asks for
+                        getattr(self.scores, s.scores)
 
                 def prune(model, method, amount):  # the section's prune, with the shared scores
                     return s.prune(self.scores, model, method, amount)

@@ -118,6 +118,14 @@ class _Gate:
             self.lock.release()
 
 
+@contextmanager
+def exclusive(model):
+    """Hold ``model`` as a measurement does (no explorer prunes it meanwhile), jumping the queue:
+    for work on the original weights outside an explorer (scores, a copy)."""
+    with _GATES.setdefault(model, _Gate()).hold(foreground=True):
+        yield model
+
+
 def default_cache_dir() -> Path:
     """Where explorers keep measured points between sessions (``COURSE_CACHE`` overrides)."""
     return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "pruning-course")) / "explorer"
