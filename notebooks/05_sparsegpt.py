@@ -442,8 +442,9 @@ run.claim("at 60% the outlier-aware allocation beats uniform, same total",
 # ## Explore
 #
 # Browse the points measured above (instant), or ask for new ones. Each new
-# point times the dense model and the pruned one side by side; the bars are the
-# spread of the paired runs.
+# point shows its perplexity first, then times the dense model and the pruned one
+# by turns; the bars are the interval of the median speedup, narrowing run by run
+# until it clears 1 or the runs are spent.
 
 # %% tags=["nbval-ignore-output"]
 explorer
