@@ -39,3 +39,15 @@ def checkpoint() -> None:
     test = getattr(_state, "test", None)
     if test is not None and test():
         raise Cancelled("stopped: the result is no longer wanted")
+
+
+def carried(fn: Callable) -> Callable:
+    """``fn``, to run in a worker thread, stopping when the calling thread's work would."""
+    test = getattr(_state, "test", None)
+    if test is None:
+        return fn
+
+    def run(*args, **kwargs):
+        with stop_when(test):
+            return fn(*args, **kwargs)
+    return run

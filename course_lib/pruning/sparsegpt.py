@@ -34,12 +34,13 @@ achieved sparsity (``handle.info["sparsity"]``, counted from the weights) says s
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
 
 from ..core import arch
-from ..core.cancel import checkpoint
+from ..core.cancel import carried, checkpoint
 from . import calibrate
 from .masks import (check_pattern_fits, check_sparsity, check_target, describe,
                     nm_mask, parse_pattern, topk_mask)
@@ -217,18 +218,23 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
     calib_windows = calibrate.check_windows(calib_windows, model)
     handle = PruneHandle(describe("sparsegpt", sparsity, pattern))
     masks = {}
+    workers = torch.get_num_threads()  # the groups of a layer are pruned side by side (below)
 
     def prune_layer(index, layer, groups):
         full_name = {id(m): name for name, m in calibrate.layer_modules(model, index).items()}
+        stacks = []
         for group in groups:
             # Matrices reading the same input share H: stack them and run the column loop once.
             xtx, n = group.stat
             weights = [arch.weight_matrix(m) for m in group.modules]
-            W_new, keep = sparsegpt_layer(torch.cat(weights), 2 * xtx / n, sparsity, pattern,
-                                          blocksize, percdamp, [w.shape[0] for w in weights],
-                                          name=" / ".join(full_name[id(m)] for m in group.modules))
+            stacks.append((torch.cat(weights), 2 * xtx / n, [w.shape[0] for w in weights],
+                           " / ".join(full_name[id(m)] for m in group.modules)))
+        results = side_by_side(lambda W, H, segments, name: sparsegpt_layer(
+            W, H, sparsity, pattern, blocksize, percdamp, segments, name=name), stacks, workers)
+        for group, (W_new, keep) in zip(groups, results):
             start = 0
-            for module, weight in zip(group.modules, weights):
+            for module in group.modules:
+                weight = arch.weight_matrix(module)
                 rows = slice(start, start + weight.shape[0])
                 handle.save_tensor(module.weight.data)
                 weight.copy_(W_new[rows])
@@ -240,3 +246,23 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
                                    masks if keep_masks else None, batch_size, on_arrival, progress,
                                    method="sparsegpt", requested=sparsity, scope="block",
                                    pattern=pattern)
+
+
+def side_by_side(fn, stacks: list[tuple], workers: int) -> list:
+    """``[fn(*s) for s in stacks]``, up to ``workers`` at a time, each with one torch thread.
+
+    A layer's groups (q/k/v, o, gate/up, down) are independent once their Hessians are
+    collected. Much of a column loop is small operations that keep one core busy, so on
+    two cores two groups at a time, one thread each, finish sooner than one after the
+    other with two threads each (the largest first: ``down_proj`` takes as long as the rest).
+    Each result is what ``fn`` gives on one thread; a stop (``core.cancel``) reaches the
+    workers too.
+    """
+    if workers < 2 or len(stacks) < 2:
+        return [fn(*s) for s in stacks]
+    order = sorted(range(len(stacks)), key=lambda i: -stacks[i][0].shape[0] * stacks[i][0].shape[1] ** 2)
+    run = carried(fn)
+    with ThreadPoolExecutor(min(workers, len(stacks)), initializer=torch.set_num_threads,
+                            initargs=(workers,)) as pool:
+        futures = {i: pool.submit(run, *stacks[i]) for i in order}
+        return [futures[i].result() for i in range(len(stacks))]
