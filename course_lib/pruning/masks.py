@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import arch
+from ..core import arch, metrics
 from ..core.cancel import checkpoint
 from .undo import PruneHandle, restoring_on_error
 
@@ -188,7 +188,7 @@ def achieved_sparsity(modules: Iterable[nn.Module]) -> float:
     zeros = total = 0
     for module in modules:
         weight = module.weight.data
-        zeros += weight.numel() - int(torch.count_nonzero(weight))
+        zeros += weight.numel() - metrics.nonzeros(weight)
         total += weight.numel()
     return zeros / total if total else 0.0
 
