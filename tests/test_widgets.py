@@ -180,6 +180,31 @@ def stalling_clock(monkeypatch, moved: threading.Event):
     monkeypatch.setattr(timing._Clock, "time", time_fn)
 
 
+def test_a_stop_reaches_work_handed_to_another_thread():
+    stop = threading.Event()
+    seen = {}
+
+    def work():
+        while True:
+            cancel.checkpoint()
+            stop.set()  # one round done: from now on the caller wants it stopped
+            time.sleep(0.001)
+
+    def record(fn):
+        try:
+            fn()
+        except BaseException as err:  # noqa: B036 - what stopped it, whatever it was
+            seen["error"] = type(err)
+
+    with cancel.stop_when(stop.is_set):
+        thread = threading.Thread(target=record, args=(cancel.carried(work),), daemon=True)
+        thread.start()
+        thread.join(60)
+    assert seen.get("error") is cancel.Cancelled  # the worker stopped with the caller's work
+    assert cancel.carried(work) is work  # outside any stoppable work: nothing to carry
+    cancel.checkpoint()  # and the caller's thread is back to never stopping
+
+
 @pytest.mark.parametrize("phase", ["pruning", "timing"])
 def test_moving_the_slider_mid_measurement_restores_the_weights_and_caches_nothing(tmp_path, phase,
                                                                                   monkeypatch):
