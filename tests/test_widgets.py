@@ -87,6 +87,7 @@ def test_moving_the_slider_measures_and_updates_the_labels(setup):
     assert point.sparsity == pytest.approx(0.5, abs=0.02)
     assert point.perplexity != explorer.cache[("dense", 0.0)].perplexity
     assert same_weights(model, original)  # measured, then restored
+    assert same_weights(explorer.dense_model(), original)  # timed beside the original, not a pruned copy
 
 
 def test_a_visited_point_comes_from_the_cache(setup):

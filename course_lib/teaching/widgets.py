@@ -329,6 +329,7 @@ class Explorer:
     def _measure(self, key, seed: Point | None, show: Callable[[Point], None]) -> Point:
         """Prune, show the perplexity, time run by run (showing each), restore. The caller holds the gate."""
         method, amount = key
+        self.dense_model()  # the twin is copied now, while the model is still the original
         self._note("prune", key)
         handle = self.prune(self.model, method, amount) if amount > 0 else None
         try:
