@@ -749,3 +749,6 @@ class Explorer:
         import re
 
         return " | ".join(re.sub("<[^>]+>|&emsp;", "", w.value) for w in self.labels.values())
+
+    def __str__(self) -> str:
+        return f"{self.title}: {self.text}"
