@@ -206,6 +206,36 @@ def test_a_stop_reaches_work_handed_to_another_thread():
     cancel.checkpoint()  # and the caller's thread is back to never stopping
 
 
+def kernels():
+    from course_lib.pruning import sparsegpt, wanda
+    from course_lib.runtime import quantize
+
+    calib = torch.randint(0, 250, (2, 16), generator=torch.Generator().manual_seed(0))
+    return {"magnitude": lambda m: masks.magnitude_prune(m, 0.5),
+            "random": lambda m: masks.random_prune(m, 0.5),
+            "wanda": lambda m: wanda.wanda_prune(m, calib, 0.5),
+            "sparsegpt": lambda m: sparsegpt.sparsegpt_prune(m, calib, 0.5),
+            "int8": lambda m: quantize.quantize_in_place(m, [n for n, _ in m.named_modules()
+                                                               if n.endswith("proj")])}
+
+
+@pytest.mark.parametrize("kernel", list(kernels()))
+def test_every_kernel_an_explorer_runs_stops_half_way_and_leaves_the_model_as_it_was(kernel):
+    model, _ = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kinds = [type(m) for m in model.modules()]
+    passed = []
+    with cancel.stop_when(lambda: passed.append(1) and False):  # a full run: how many checkpoints
+        kernels()[kernel](model).restore()
+    total, passed[:] = len(passed), []
+    assert total >= 2
+    with cancel.stop_when(lambda: passed.append(1) or len(passed) > total * 3 // 4):  # late: weights
+        with pytest.raises(cancel.Cancelled):                                       # already changed
+            kernels()[kernel](model)
+    assert [type(m) for m in model.modules()] == kinds  # no int8 module left swapped in
+    assert same_weights(model, before)
+
+
 @pytest.mark.parametrize("phase", ["pruning", "timing"])
 def test_moving_the_slider_mid_measurement_restores_the_weights_and_caches_nothing(tmp_path, phase,
                                                                                   monkeypatch):

@@ -224,7 +224,10 @@ def _masks_from_scores(model: nn.Module, score_fn, sparsity, scope: str, pattern
         raise ValueError(f"scope={scope!r} with pattern {pattern[0]}:{pattern[1]}: N:M groups are "
                          "always within a row; leave scope='row'.")
     modules = arch.prunable_linears(model)
-    scores = {name: score_fn(name, arch.weight_matrix(module)) for name, module in modules.items()}
+    scores = {}
+    for name, module in modules.items():
+        checkpoint()  # nothing is changed yet: stopping here leaves the model as it was
+        scores[name] = score_fn(name, arch.weight_matrix(module))
     if scope == "global":
         # One competition across all matrices: concatenate, cut once, split back.
         flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
