@@ -626,7 +626,8 @@ class Explorer:
 
     def _show_error(self, err: Exception) -> None:
         self.errors.append(f"{type(err).__name__}: {err}")
-        intact = self._fingerprint() == self._original
+        with self._gate.hold(foreground=True):  # not while another measurement has it pruned
+            intact = self._fingerprint() == self._original
         advice = "" if intact else " The model was left changed: reload it."
         self.labels["status"].value = f"<span style='color:#b00'>error: {err}{advice}</span>"
         self.timing_progress.layout.display = "none"
