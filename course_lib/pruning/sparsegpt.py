@@ -167,15 +167,16 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
             i2 = min(i1 + update_block, o2)
             Ub, Wb, Pb, db = U[i1:i2, i1:i2], Wt[i1:i2], prune[i1:i2], d[i1:i2]  # views into U, Wt...
             sb, err = scale[i1 - o1:i2 - o1], errors[i1 - o1:i2 - o1]
+            w_rows, s_rows, e_rows, u_rows = Wb.unbind(), sb.unbind(), err.unbind(), Ub.unbind()
             for i in range(i2 - i1):
                 if pattern is not None and i % pattern[1] == 0:  # N:M: choose in the next M columns
                     n, m = pattern
                     score = Wb[i:i + m].pow(2) / db[i:i + m].pow(2)
                     Pb[i:i + m] = ~nm_mask(score.t(), n, m).t()
                     sb[i:i + m] = Pb[i:i + m] / db[i:i + m]
-                torch.mul(Wb[i], sb[i], out=err[i])
+                torch.mul(w_rows[i], s_rows[i], out=e_rows[i])
                 # OBS update of this block's later columns: W[:, j] -= err * U[i, j] for j >= i
-                Wb[i:].addr_(Ub[i, i:], err[i], alpha=-1)
+                Wb[i:].addr_(u_rows[i][i:], e_rows[i], alpha=-1)
             Wt[i2:o2].addmm_(U[i1:i2, i2:o2].t(), err, alpha=-1)  # the rest of the block
         Wt[o2:].addmm_(U[o1:o2, o2:].t(), errors[:o2 - o1], alpha=-1)  # everything right of it
     Wt.masked_fill_(prune, 0.0)  # exact zeros (the updates leave ~1e-9 residues on pruned weights)
