@@ -2,7 +2,6 @@
 the answer that sharpens run by run, and the stale measurement stopped when the slider moves."""
 import gc
 import json
-import math
 import threading
 import time
 
@@ -463,54 +462,6 @@ def test_the_slider_goes_before_the_background_precompute(setup):
     assert (shown.method, shown.amount) == ("magnitude", 0.5) and explorer.errors == []
     assert all(("random", a) in explorer.cache for a in explorer.grid[1:])  # the given-way ones too
     assert same_weights(model, original)
-
-
-# ------------------------------------------------ the interval, and why it is planned for every look
-def false_verdict_rate(cuts):
-    """Exactly: the chance of any verdict over every look when both are equally fast (all sign paths)."""
-    n = len(cuts)
-    false = 0
-    for path in range(2 ** n):
-        below = 0
-        for i in range(n):
-            below += (path >> i) & 1
-            c = cuts[i]
-            if c >= 0 and (below <= c or below >= i + 1 - c):
-                false += 1
-                break
-    return false / 2 ** n
-
-
-def test_looking_after_every_run_keeps_false_verdicts_within_five_percent():
-    for max_runs in (6, 9, 12):
-        cuts = stats.sequential_cuts(max_runs)
-        assert false_verdict_rate(cuts) <= 0.05, max_runs
-        assert max(cuts) >= 0, "some look can decide"
-    # the naive rule (a 95% interval at every look, as if each were the only one) decides too often
-    naive = []
-    for n in range(1, 13):
-        c, cdf = -1, 0.0
-        for k in range(n + 1):
-            cdf += math.comb(n, k) / 2 ** n
-            if cdf > 0.025:
-                break
-            c = k
-        naive.append(c)
-    assert false_verdict_rate(naive) > 0.05
-
-
-def test_the_median_interval_is_made_of_order_statistics():
-    ratios = [1.3, 1.1, 1.4, 1.2, 1.25, 1.35, 1.15, 1.05, 1.45, 0.95]
-    cuts = stats.sequential_cuts(12)
-    got = stats.median_interval(ratios, 12)
-    k = cuts[len(ratios) - 1]
-    ordered = sorted(ratios)
-    assert (got.low, got.high) == (ordered[k], ordered[-1 - k]) and got.cut == k
-    assert got.median == pytest.approx(1.225) and got.decided  # one ratio below 1 of ten
-    early = stats.median_interval(ratios[:4], 12)
-    assert not early.decided and (early.low, early.high) == (1.1, 1.4)  # the range, deciding nothing
-    with pytest.raises(ValueError, match="13 runs but max_runs=12"):
-        stats.median_interval(ratios + [1.0, 1.0, 1.0], 12)
 
 
 def test_the_disk_key_changes_with_the_layout_version(setup, tmp_path, monkeypatch):
