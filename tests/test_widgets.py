@@ -393,6 +393,17 @@ def test_a_seeded_point_is_shown_at_once_and_only_timed_when_the_slider_lands_on
     assert timed.timed and timed.perplexity == 123.4 and timed.other_perplexity == {"other": 56.7}
     assert timed.sparsity == pytest.approx(0.6, abs=0.02)
     assert explorer._disk_path(("magnitude", 0.6)).exists() is False  # the lesson's figure stays in memory
+    # a point timed before (here, or in an earlier session on disk) keeps its latency when seeded
+    measured = explorer.point("magnitude", 0.4)
+    reseeded = explorer.seed("magnitude", 0.4, 99.0, {"other": 9.0})
+    assert (reseeded.perplexity, reseeded.latency_ms, reseeded.runs) == (99.0, measured.latency_ms, measured.runs)
+    later = Explorer(model, windows[:2], counting, latency_tokens=8, latency_runs=2,
+                     also_on={"other": windows[2:]}, cache_dir=tmp_path, model_name="tiny")
+    later.seed("magnitude", 0.4, 98.0, {"other": 8.0})
+    prunes.clear()
+    later.slider.value = 0.4
+    from_disk = later.wait(timeout=120)
+    assert prunes == [] and from_disk.perplexity == 98.0 and from_disk.runs == measured.runs
 
 
 def test_a_synchronous_explorer_measures_before_the_setter_returns():

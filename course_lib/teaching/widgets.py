@@ -429,12 +429,11 @@ class Explorer:
         known = self.cache.get(key)
         if known is not None and (known.timed or not time_seed):
             return known
-        if known is None:
-            stored = self._from_disk(key)
-            if stored is not None:
-                self.disk_hits += 1
-                self.cache[key] = stored
-                return stored
+        stored = self._from_disk(key)
+        if stored is not None:  # measured in an earlier session (a seed takes only its latency)
+            self.disk_hits += 1
+            self.cache[key] = stored if known is None else self._with_latency(known, stored)
+            return self.cache[key]
         with self._gate.hold(foreground):
             known = self.cache.get(key)  # measured meanwhile (the background, another request)?
             if known is not None and (known.timed or not time_seed):
@@ -479,12 +478,22 @@ class Explorer:
         point = Point(key[0], key[1], float(perplexity), math.nan, math.nan,
                       -1 if parameters is None else parameters, math.nan if sparsity is None else sparsity,
                       other_perplexity=other, tokens=self.latency_tokens)
+        known = self.cache.get(key)
+        if known is not None and known.timed:  # timed before: its latency stays, the perplexity is the lesson's
+            point = self._with_latency(point, known)
         self.cache[key] = point
         self._seeded.add(key)
         if self._wanted == key:
             self._show(point)
         self._redraw()
         return point
+
+    @staticmethod
+    def _with_latency(seed: Point, timed: Point) -> Point:
+        """A seeded point's perplexity with the latency (and counts, where the seed has none) of a timed one."""
+        return replace(timed, perplexity=seed.perplexity, other_perplexity=seed.other_perplexity,
+                       parameters=timed.parameters if seed.parameters < 0 else seed.parameters,
+                       sparsity=timed.sparsity if math.isnan(seed.sparsity) else seed.sparsity)
 
     def precompute(self, methods: Sequence[str] | None = None, amounts: Sequence[float] | None = None,
                    background: bool = True, progress: Callable[[int, int], None] | None = None):
