@@ -224,23 +224,22 @@ def _masks_from_scores(model: nn.Module, score_fn, sparsity, scope: str, pattern
         raise ValueError(f"scope={scope!r} with pattern {pattern[0]}:{pattern[1]}: N:M groups are "
                          "always within a row; leave scope='row'.")
     modules = arch.prunable_linears(model)
-    scores = {}
+    masks, scores = {}, {}
     for name, module in modules.items():
         checkpoint()  # nothing is changed yet: stopping here leaves the model as it was
-        scores[name] = score_fn(name, arch.weight_matrix(module))
+        score = score_fn(name, arch.weight_matrix(module))
+        if scope == "global":
+            scores[name] = score
+        else:  # each matrix on its own: its mask now, while its scores are in the cache
+            masks[name] = scores_to_mask(score, sparsity, scope, pattern)
     if scope == "global":
         # One competition across all matrices: concatenate, cut once, split back.
         flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
         keep = topk_mask(flat, sparsity, "global")
-        masks, start = {}, 0
+        start = 0
         for name, s in scores.items():
             masks[name] = keep[start:start + s.numel()].reshape(s.shape)
             start += s.numel()
-        return masks, sparsity, pattern
-    masks = {}
-    for name, s in scores.items():
-        checkpoint()  # nothing is changed yet: stopping here leaves the model as it was
-        masks[name] = scores_to_mask(s, sparsity, scope, pattern)
     return masks, sparsity, pattern
 
 
