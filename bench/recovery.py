@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python bench/recovery.py [--steps 20] [--out bench]
 
-Writes bench/recovery.json and bench/recovery.md (the section of bench/results.md).
+Writes bench/recovery.json and bench/recovery.md (the section of bench/results.md;
+`python -m course_lib bench --render` puts it there without measuring the rest again).
 Everything runs on the CPU; one row takes a few minutes.
 """
 from __future__ import annotations

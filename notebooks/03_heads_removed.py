@@ -1,9 +1,11 @@
 # ---
 # jupyter:
+#   course:
+#     replay_rtol: 0.002
 #   jupytext:
 #     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
-#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     notebook_metadata_filter: kernelspec,jupytext,course,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -24,12 +26,16 @@
 # but with smaller matrices. Here we remove more heads, layer by layer, and ask
 # the engineer's question: **how much faster should it be, and how much faster
 # is it?** The first answer comes from counting FLOPs, the second from the clock.
+#
+# *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
+# within 0.2% (or one unit of the last digit); timings are not compared (lesson 0).
 
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"  # original lesson: "gpt2" (needs the internet once); stand-in: "tiny-gpt2-124m"
 DEVICE = None  # None: CUDA if present, else CPU
 N_EVAL = 8  # evaluation windows of 128 tokens
 QUICK = False  # True: fewer timing runs (to check that the lesson runs, not to read its timings)
+TOKENS = 512  # prompt length: the FLOPs (the ideal) and the clock are counted at the same length
 
 # %%
 from course_lib.core import arch, metrics, timing
@@ -47,9 +53,11 @@ print(geo.describe())
 # ## Baseline, and where the FLOPs of one token go
 
 # %%
-dense_ppl = run.perplexity()
-dense_flops = metrics.flops_per_token(model, context=128)
+dense_quality = run.quality()  # per-token NLL: the perplexity, and paired comparisons with it
+dense_ppl = round(dense_quality.perplexity, 2)
+dense_flops = metrics.flops_per_token(model, context=TOKENS)
 print(f"dense perplexity: {dense_ppl:.2f} ({N_EVAL} windows x 128 tokens, as in lessons 2 and 4)")
+print(f"FLOPs of one token attending to {TOKENS} tokens (the prompt length timed below):")
 for part, share in dense_flops.shares().items():
     print(f"{part:>22}: {share:6.1%}")
 print(f"lm_head: {geo.vocab} x {geo.hidden} (one row per word of the vocabulary)")
@@ -104,25 +112,26 @@ del copy_one_layer
 my_guess_ideal = 1.5  # your prediction: dense FLOPs / pruned FLOPs, two thirds of the heads removed
 
 # %%
-rows, pruned_models = [], {}
+rows, pruned_models, qualities, ideals = [], {}, {}, {}
 for fraction in (1 / 3, 2 / 3):
     request = plan(fraction)
     count = len(request[0])
     pruned, _ = speed.pruned_copy(model, lambda m: heads.remove_heads(m, request))
-    pruned_models[count] = pruned
+    pruned_models[count], qualities[count] = pruned, run.quality(pruned)
     params = metrics.count_parameters(pruned)["total"]
-    ideal = speed.ideal_speedup(dense_flops, metrics.flops_per_token(pruned, context=128))
+    ideals[count] = speed.ideal_speedup(dense_flops, metrics.flops_per_token(pruned, context=TOKENS))
     rows.append({"heads removed per layer": count, "parameters (M)": round(params / 1e6, 2),
-                 "perplexity": run.perplexity(pruned), "ideal speedup": round(ideal, 3)})
+                 "perplexity": round(qualities[count].perplexity, 2), "ideal speedup": round(ideals[count], 3)})
     print(rows[-1])
 counts = list(pruned_models)
 print(f"ideal speedup with {counts[-1]} of {geo.n_heads} heads removed: {rows[-1]['ideal speedup']:.2f}x "
       f"(you guessed {my_guess_ideal:.2f}x)")
 
 # %% [markdown]
-# Now the clock, on a prompt of 512 tokens: the attention scores, which shrink
-# with the heads, weigh more in a long prompt, and one run lasts long enough to
-# rise above the machine's jitter. What fraction of the ideal will it show? (1.0: all of it.)
+# Now the clock, on a prompt of `TOKENS` = 512 tokens, the length the ideal above was
+# counted at: the attention scores, which shrink with the heads, weigh more in a long
+# prompt, and one run lasts long enough to rise above the machine's jitter. What fraction
+# of the ideal will it show? (1.0: all of it.)
 
 # %% tags=["prediction"]
 my_guess_efficiency = 0.7  # your prediction: measured speedup / ideal speedup
@@ -131,23 +140,22 @@ my_guess_efficiency = 0.7  # your prediction: measured speedup / ideal speedup
 measured, verdicts = {}, {}
 for count, pruned in pruned_models.items():
     label = f"-{count} heads"
-    comparison = speed.measure_speedup(model, pruned, label=label, tokens=512 if not QUICK else 64,
-                                       runs=3 if QUICK else 7)
-    measured[count] = comparison
-    verdicts[count] = timing.speedup(comparison.measurements["prefill dense"],
-                                     comparison.measurements[f"prefill {label}"])
+    comparison = speed.measure_speedup(model, pruned, label=label, tokens=TOKENS if not QUICK else 64,
+                                       runs=3 if QUICK else 7, ideal=ideals[count])
+    measured[count], verdicts[count] = comparison, comparison.paired
     print(f"{count} heads removed: measured {verdicts[count]}; ideal {comparison.ideal_speedup:.2f}x "
-          f"({comparison.efficiency:.0%} of ideal)")
-
-# %% tags=["nbval-ignore-output"]
+          f"({comparison.efficiency:.0%} of ideal)" + (f", re-measured {comparison.remeasured}x" if comparison.remeasured else ""))
 most = counts[-1]
 s = verdicts[most]
 relation = ("below the ideal" if s.high < measured[most].ideal_speedup else
             "above the ideal" if s.low > measured[most].ideal_speedup else "at the ideal, within noise")
 print(f"{most} heads removed: the measured speedup is {relation} "
       f"(you guessed {my_guess_efficiency:.0%} of the ideal)")
-run.claim(f"removing {most} heads per layer makes the model faster than dense", s.verdict == "faster",
-          str(s), needs_real_model=True)
+
+# %%
+run.claim(f"removing {most} heads per layer makes the model faster than dense, and no faster than "
+          f"{speed.PLAUSIBLE_MARGIN:.2f} x its ideal allows", s.verdict == "faster" and measured[most].plausible,
+          f"ideal {measured[most].ideal_speedup:.2f}x; measured {s}", needs_real_model=True)
 
 # %% tags=["nbval-ignore-output"]
 plots.curves(counts, {"measured": [measured[c].prefill_speedup for c in counts]},
@@ -161,9 +169,9 @@ plots.curves([0] + counts, {"perplexity": [dense_ppl] + [r["perplexity"] for r i
              title="the price in quality")
 
 # %%
+doubled = qualities[most].vs(dense_quality)  # paired, same tokens
 run.claim(f"removing {most} of {geo.n_heads} heads per layer more than doubles the perplexity",
-          rows[-1]["perplexity"] > 2 * dense_ppl, f"{dense_ppl:.2f} -> {rows[-1]['perplexity']:.2f}",
-          needs_real_model=True)
+          doubled.low > 2, str(doubled), needs_real_model=True)
 
 # %% [markdown]
 # ## Repairing what the heads wrote
@@ -189,18 +197,21 @@ cut = pruned_models[counts[0]]  # the smaller cut of the table above
 held_before = repair.reconstruction_errors(cut, model, run.windows.eval[:4])
 fix = repair.refit(cut, model, run.windows.calib)
 held_after = repair.reconstruction_errors(cut, model, run.windows.eval[:4])
-repaired_ppl = run.perplexity(cut)
+repaired = run.quality(cut)
+repaired_ppl = round(repaired.perplexity, 2)
 errors = fix.info["errors"]
 lowered = sum(held_after[n] < held_before[n] for n in held_before)
 print(f"output projection refit in {sum(e['refit'] for e in errors.values())} of {len(errors)} layers "
-      f"(fit on {fix.info['fit_windows']} calibration windows, checked on {fix.info['check_windows']})")
-print(f"error on the evaluation windows (never fitted) lowered in {lowered} of {len(held_before)} layers")
+      f"(fit on {fix.info['fit_windows']} calibration windows; by rule a refit is kept only where it lowers the "
+      f"error both on them and on the {fix.info['check_windows']} calibration windows kept out of the fit)")
+print(f"error on the evaluation windows (never fitted, never checked) lowered in {lowered} of {len(held_before)} layers")
 print(f"perplexity: dense {dense_ppl:.2f}, {counts[0]} heads removed {rows[0]['perplexity']:.2f}, "
       f"after the refit {repaired_ppl:.2f}")
-run.claim("the refit never increases a layer's error on the tokens it was fitted to",
-          all(e["after"] <= e["before"] for e in errors.values()), f"{len(errors)} layers checked")
-run.claim("the refit lowers the perplexity after head removal", repaired_ppl < rows[0]["perplexity"],
-          f"{rows[0]['perplexity']:.2f} -> {repaired_ppl:.2f}", needs_real_model=True)
+run.claim("the refit lowers the error on the evaluation windows in most layers", lowered > len(held_before) / 2,
+          f"{lowered} of {len(held_before)} layers", needs_real_model=True)
+won = repaired.vs(qualities[counts[0]])  # paired: the same cut before and after the refit
+run.claim("the refit lowers the perplexity after head removal", won.verdict == "lower", str(won),
+          needs_real_model=True)
 recovered_share = (rows[0]["perplexity"] - repaired_ppl) / (rows[0]["perplexity"] - dense_ppl)
 print(f"the refit wins back {recovered_share:.0%} of the perplexity the cut cost")
 fix.restore()  # back to the plain cut, for what follows
@@ -213,7 +224,7 @@ print(f"restored: perplexity {run.perplexity(cut):.2f}")
 # model's numbers; the measured figure is the median of the runs timed above.
 
 # %% tags=["nbval-ignore-output"]
-print(speed.explain_gap(dense_flops, metrics.flops_per_token(pruned_models[most], context=128),
+print(speed.explain_gap(dense_flops, metrics.flops_per_token(pruned_models[most], context=TOKENS),
                         measured[most].prefill_speedup))
 
 # %% [markdown]

@@ -1,9 +1,11 @@
 # ---
 # jupyter:
+#   course:
+#     replay_rtol: 0.002
 #   jupytext:
 #     cell_metadata_filter: tags,-all
 #     formats: ipynb,py:percent
-#     notebook_metadata_filter: kernelspec,jupytext,-jupytext.text_representation.jupytext_version
+#     notebook_metadata_filter: kernelspec,jupytext,course,-jupytext.text_representation.jupytext_version
 #     text_representation:
 #       extension: .py
 #       format_name: percent
@@ -23,6 +25,11 @@
 # perplexity, prefill latency, decoding speed, and the bytes of the file you
 # would ship. You will see which stage buys speed, which buys size, which costs
 # quality, and whether the gains multiply.
+#
+# *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
+# within 0.2% (or one unit of the last digit), except two cells whose int8 arithmetic
+# rounds differently on each CPU kind, which say their own tolerance; timings are not
+# compared (lesson 0).
 
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"  # stand-in for a quick check: "tiny-llama"
@@ -56,13 +63,12 @@ from course_lib.teaching.widgets import Explorer
 RUNS = 2 if QUICK else 5  # timed prefill runs per stage
 run = lesson.start(MODEL, device="cpu", n_eval=N_EVAL, n_calib=N_CALIB)
 dense = run.model
-WORK = Path(tempfile.gettempdir()) / "course-lesson06"  # every stage's file, written fresh each run
-shutil.rmtree(WORK, ignore_errors=True)
-WORK.mkdir()
+WORK = Path(tempfile.mkdtemp(prefix="course-lesson06-"))  # this run's own folder for every stage's file
 stages, files, seconds = {"dense": dense}, {}, {"dense": 0.0}
 notes = {"dense": "float32 PyTorch"}
 files["dense"] = store.save_safetensors(dense, WORK / "dense.safetensors")
-ppl = {"dense": run.perplexity()}
+quality = {"dense": run.quality()}  # per-token NLL of every stage: perplexities and paired comparisons
+ppl = {"dense": round(quality["dense"].perplexity, 2)}
 print(f"dense: perplexity {ppl['dense']:.2f} ({N_EVAL} windows x 128 tokens), "
       f"{metrics.file_bytes(files['dense']) / 1e6:.1f} MB on disk (safetensors, float32)")
 
@@ -90,9 +96,9 @@ scan = {}
 for fraction in FRACTIONS:
     trial = copy.deepcopy(dense)
     mlp.remove_neurons(trial, recipes.uniform_neurons_request(trial, fraction, scores=scores))
-    scan[fraction] = run.perplexity(trial)
-    print(f"{fraction:.2%} of the neurons removed: perplexity {scan[fraction]:.2f} "
-          f"({scan[fraction] / ppl['dense']:.2f}x dense)")
+    trial_quality = run.quality(trial)
+    scan[fraction] = round(trial_quality.perplexity, 2)
+    print(f"{fraction:.2%} of the neurons removed: {trial_quality.vs(quality['dense'])}")
     del trial
 within = [f for f in FRACTIONS if scan[f] <= PRUNE_SHARE * ppl["dense"]]
 FRACTION = max(within) if within else min(FRACTIONS)
@@ -110,7 +116,8 @@ mlp.remove_neurons(pruned, recipes.uniform_neurons_request(pruned, FRACTION, sco
 seconds["pruned"] = score_seconds + time.perf_counter() - started
 stages["pruned"], notes["pruned"] = pruned, f"{FRACTION:.2%} of every layer's MLP neurons removed"
 files["pruned"] = io.export_pretrained(pruned, WORK / "pruned", tokenizer=run.tokenizer)
-ppl["pruned"] = run.perplexity(pruned)
+quality["pruned"] = run.quality(pruned)
+ppl["pruned"] = round(quality["pruned"].perplexity, 2)
 print(f"pruned: MLP width {arch.mlp_width(dense, 0)} -> {arch.mlp_width(pruned, 0)} neurons in every layer, "
       f"perplexity {ppl['dense']:.2f} -> {ppl['pruned']:.2f}")
 
@@ -119,8 +126,9 @@ plain = AutoModelForCausalLM.from_pretrained(files["pruned"])  # what another to
 probe = run.windows.eval[:1]
 with torch.no_grad():
     same = torch.equal(plain(probe).logits, pruned(probe).logits)
+width_field = "n_inner" if arch.family(plain) == "gpt2" else "intermediate_size"  # GPT-2 names it n_inner
 run.claim("the pruned checkpoint opens with plain from_pretrained and gives the same logits", same,
-          f"config intermediate_size {plain.config.intermediate_size}, logits bit-identical: {same}")
+          f"config {width_field} {arch.mlp_width(plain, 0)}, logits bit-identical: {same}")
 del plain
 
 # %% [markdown]
@@ -137,11 +145,18 @@ repair.refit(recovered, dense, run.windows.calib)
 seconds["recovered"] = time.perf_counter() - started
 stages["recovered"], notes["recovered"] = recovered, "down_proj refitted (repair.refit)"
 files["recovered"] = io.export_pretrained(recovered, WORK / "recovered", tokenizer=run.tokenizer)
-ppl["recovered"] = run.perplexity(recovered)
+quality["recovered"] = run.quality(recovered)
+ppl["recovered"] = round(quality["recovered"].perplexity, 2)
 print(f"perplexity: dense {ppl['dense']:.2f}, pruned {ppl['pruned']:.2f}, refitted {ppl['recovered']:.2f}")
 won_back = (ppl["pruned"] - ppl["recovered"]) / (ppl["pruned"] - ppl["dense"])
-run.claim("the refit lowers the pruned model's perplexity", ppl["recovered"] < ppl["pruned"],
-          f"{ppl['pruned']:.2f} -> {ppl['recovered']:.2f}, {won_back:.0%} of the loss won back", needs_real_model=True)
+refit_gain = quality["recovered"].vs(quality["pruned"])  # paired: the same cut before and after
+print(f"refitted vs pruned, paired: {refit_gain} ({won_back:.0%} of the loss won back by the estimate)")
+
+# %% [markdown]
+# After this MLP cut the refit's gain is within what 4 evaluation windows can tell apart
+# (the line above says how much more text would decide it), as lesson 4 found for the
+# same kind of cut; after head removal (lesson 3) it wins back far more. Recovering an
+# MLP cut takes training (lesson 4's distillation).
 
 # %% [markdown]
 # ## Stage 3 — int8 in PyTorch: why the naive way breaks this model
@@ -166,16 +181,29 @@ variants = {
     f"int8, {KEEP_FLOAT} outliers kept float": quantize.quantized_copy(recovered, "dynamic", keep_float=sensitive),
     "torchao int8 weight-only": quantize.quantized_copy(recovered, "torchao-int8-weight"),
 }
-quant_ppl = {label: run.perplexity(m) for label, m in variants.items()}
-for label, value in quant_ppl.items():
-    print(f"{label:<32} perplexity {value:7.2f}  ({value / ppl['recovered']:.2f}x the float model's {ppl['recovered']:.2f})")
 naive, kept, weight_only = variants
-run.claim("int8 activations in every projection cost more perplexity than keeping the outlier projections in float",
-          quant_ppl[naive] > quant_ppl[kept], f"{quant_ppl[naive]:.2f} vs {quant_ppl[kept]:.2f}",
-          needs_real_model=True)
+quant_quality = {label: run.quality(m) for label, m in variants.items()}
+quant_ppl = {label: round(q.perplexity, 2) for label, q in quant_quality.items()}
+for label in (kept, weight_only):
+    print(f"{label:<32} perplexity {quant_ppl[label]:7.2f}  (vs the float model: "
+          f"{quant_quality[label].vs(quality['recovered'])})")
+weight_only_cost = quant_quality[weight_only].vs(quality["recovered"])
 run.claim("weight-only int8 (activations stay float) costs less than 2% perplexity",
-          quant_ppl[weight_only] < 1.02 * ppl["recovered"],
-          f"{ppl['recovered']:.2f} -> {quant_ppl[weight_only]:.2f}")
+          weight_only_cost.high < 1.02, str(weight_only_cost))
+
+# %% [markdown]
+# One scale per tensor, set by the outliers, leaves the ordinary activations a handful of
+# int8 steps: the model is broken, and a broken model amplifies the last-digit rounding
+# differences between CPU kinds (AVX2 and AVX-512 run different int8 kernels) into
+# percent. Its perplexity below is compared within 10% on replay; the verdict must hold
+# exactly.
+
+# %% tags=["replay-rtol-0.1"]
+naive_vs_kept = quant_quality[naive].vs(quant_quality[kept])  # paired, same tokens
+print(f"{naive:<32} perplexity {quant_ppl[naive]:7.2f}  ({quant_ppl[naive] / ppl['recovered']:.1f} times the "
+      f"float model's {ppl['recovered']:.2f})")
+run.claim("int8 activations in every projection cost more perplexity than keeping the outlier projections in float",
+          naive_vs_kept.verdict == "higher", f"ratio above {naive_vs_kept.low:.1f}", needs_real_model=True)
 
 # %% [markdown]
 # Quality says weight-only; now speed. Dynamic int8 runs int8 matrix products;
@@ -191,7 +219,7 @@ for label in variants:
 stages["int8 (PyTorch)"] = variants[kept]
 seconds["int8 (PyTorch)"], notes["int8 (PyTorch)"] = 0.0, f"dynamic int8, {KEEP_FLOAT} projections float"
 files["int8 (PyTorch)"] = store.save_torch(variants[kept], WORK / "int8.pt")
-ppl["int8 (PyTorch)"] = quant_ppl[kept]
+ppl["int8 (PyTorch)"], quality["int8 (PyTorch)"] = quant_ppl[kept], quant_quality[kept]
 del variants[naive], variants[weight_only]
 print(f"the PyTorch int8 stage: {len(quantize.quantized_names(stages['int8 (PyTorch)']))} projections int8, "
       f"{KEEP_FLOAT} float; saved with torch.save ({metrics.file_bytes(files['int8 (PyTorch)']) / 1e6:.1f} MB)")
@@ -208,7 +236,12 @@ print(f"the PyTorch int8 stage: {len(quantize.quantized_names(stages['int8 (PyTo
 # float32; the figures are in the docstring of `export.quantize_onnx`.)
 # <!-- quoted: export.quantize_onnx docstring, measured on SmolLM2 when the lesson was written -->
 
-# %%
+# %% [markdown]
+# The 8-bit kernel rounds activations to int8 block by block, and its integer
+# arithmetic differs between CPU kinds (AVX2, AVX-512 VNNI): the perplexities of this
+# cell are compared within 2% on replay.
+
+# %% tags=["replay-rtol-0.02"]
 started = time.perf_counter()
 fp32_file = export.export_onnx(recovered, WORK / "recovered.onnx")
 seconds["ONNX Runtime"] = time.perf_counter() - started
@@ -224,12 +257,15 @@ run.claim("ONNX Runtime computes the same logits as PyTorch", gap < export.LOGIT
 ops = stages["shipped"].op_types()
 print(f"shipped graph: {ops.get('MatMulNBits', 0)} MatMulNBits, {ops.get('GatherBlockQuantized', 0)} GatherBlockQuantized")
 for label in ("ONNX Runtime", "shipped"):
-    ppl[label] = pipeline.perplexity(stages[label], run.windows.eval)
+    quality[label] = run.quality(stages[label])
+    ppl[label] = round(quality[label].perplexity, 2)
 print(f"perplexity: PyTorch {ppl['recovered']:.2f}, ONNX float32 {ppl['ONNX Runtime']:.2f}, "
       f"ONNX {BITS}-bit {ppl['shipped']:.2f}")
+blocks_cost = quality["shipped"].vs(quality["ONNX Runtime"])  # paired: the same graph, 8-bit vs float
+print(f"{BITS}-bit vs float32 ONNX, paired: {blocks_cost}")
 run.claim(f"ONNX Runtime's {BITS}-bit blocks cost less than a tenth of what int8 with one scale per tensor costs",
-          ppl["shipped"] / ppl["ONNX Runtime"] - 1 < 0.1 * (quant_ppl[naive] / ppl["recovered"] - 1),
-          f"+{ppl['shipped'] / ppl['ONNX Runtime'] - 1:.1%} vs +{quant_ppl[naive] / ppl['recovered'] - 1:.0%}")
+          blocks_cost.high - 1 < 0.1 * (naive_vs_kept.low - 1),
+          f"at most +{blocks_cost.high - 1:.0%} vs at least +{naive_vs_kept.low - 1:.0%}")
 
 # %% [markdown]
 # ## Disk: bytes of real files
@@ -256,6 +292,16 @@ run.claim("a compressor or a sparse format is what shrinks it: zstd and the bitm
           max(sizes["50% sparse, zstd"], sizes["50% sparse, bitmask"]) < sizes["50% sparse, plain"],
           f"zstd {sizes['50% sparse, zstd'] / 1e6:.1f} MB, bitmask {sizes['50% sparse, bitmask'] / 1e6:.1f} MB, "
           f"plain {sizes['50% sparse, plain'] / 1e6:.1f} MB")
+embedding = dense.get_input_embeddings().weight
+weights_file = metrics.file_bytes(next(Path(files["pruned"]).glob("*.safetensors")))
+untied = sizes["ONNX Runtime"] - weights_file
+print(f"the float32 ONNX file is {untied / 1e6:.1f} MB larger than the weights of the pruned checkpoint "
+      "it was exported from")
+if getattr(dense.config, "tie_word_embeddings", False):
+    run.claim("that is the lm_head written a second time: the checkpoint ties it to the embedding, "
+              "the ONNX file stores it as a matrix of its own", abs(untied - embedding.numel() * 4) < 0.03 * untied,
+              f"{untied / 1e6:.1f} MB vs the {tuple(embedding.shape)} float32 embedding's "
+              f"{embedding.numel() * 4 / 1e6:.1f} MB", needs_real_model=True)
 smallest = min(files, key=lambda label: metrics.file_bytes(files[label]))
 print(f"you guessed {my_guess_smallest!r}; the smallest stage file is {smallest!r}")
 
@@ -269,15 +315,21 @@ print(f"you guessed {my_guess_smallest!r}; the smallest stage file is {smallest!
 # A kernel that skipped the zeros would do half the multiplications: up to 2x.
 
 # %% tags=["nbval-ignore-output"]
-zeros = {"dense PyTorch": dense,
-         "dense ONNX": export.OrtModel(export.export_onnx(dense, WORK / "dense.onnx")),
+files["dense ONNX"] = export.export_onnx(dense, WORK / "dense.onnx")
+zeros = {"dense PyTorch": dense, "50% sparse PyTorch": half,
+         "dense ONNX": export.OrtModel(files["dense ONNX"]),
          "50% sparse ONNX": export.OrtModel(export.export_onnx(half, WORK / "sparse50.onnx"))}
 zero_prefill, zero_decode = pipeline.latencies(zeros, dense.config.vocab_size, runs=7 if not QUICK else 2,
                                                decode_runs=3 if not QUICK else 2)
 zeros_speedup = {"prefill": timing.speedup(zero_prefill["dense ONNX"], zero_prefill["50% sparse ONNX"]),
                  "decode": timing.speedup(zero_decode["dense ONNX"], zero_decode["50% sparse ONNX"])}
+torch_zeros = {"prefill": timing.speedup(zero_prefill["dense PyTorch"], zero_prefill["50% sparse PyTorch"]),
+               "decode": timing.speedup(zero_decode["dense PyTorch"], zero_decode["50% sparse PyTorch"])}
 for kind, ratio in zeros_speedup.items():
     print(f"50% sparse vs dense, both in ONNX Runtime, {kind}: {ratio}")
+for kind, ratio in torch_zeros.items():
+    print(f"50% sparse vs dense, both in PyTorch, {kind}: {ratio}")
+stages["dense ONNX"], notes["dense ONNX"] = zeros["dense ONNX"], "the dense model in float32 ONNX Runtime"
 geo = arch.geometry(dense)
 mlp_matrix = arch.weight_matrix(dict(dense.named_modules())[geo.mlp_module(geo.middle_layer())])
 curve = sparse.sparse_layer_ratios(mlp_matrix, [0.5, 0.7, 0.9, 0.95], tokens=128, runs=10 if not QUICK else 2)
@@ -298,7 +350,9 @@ run.claim("ONNX Runtime does not turn 50% zeros into speed: both paired IQRs sta
 # ## Every stage, measured side by side
 # Prefill: 128 tokens, every stage interleaved run by run. Decode: 16 tokens after
 # a 32-token prompt, KV cache on, interleaved the same way. Ratios are to dense
-# float32 PyTorch, with the interquartile range of the paired runs.
+# float32 PyTorch, with the interquartile range of the paired runs. The dense model in
+# ONNX Runtime runs beside them (the runtime alone, without any pruning), and greedy
+# generation of the dense and the shipped model is timed at batch 1 and 8 (tokens per second).
 
 # %% tags=["nbval-ignore-output"]
 rows = pipeline.measure(stages, files, run.windows.eval, seconds, notes, perplexities=ppl, runs=RUNS,
@@ -316,6 +370,12 @@ plots.stage_panels(rows)
 for label in ("ONNX Runtime", "shipped"):
     run.claim(f"{label} decodes faster than dense float32 PyTorch", by_stage[label].decode_speedup.verdict == "faster",
               str(by_stage[label].decode_speedup), needs_real_model=True)
+run.claim("but 8-bit weights do not make prefill faster than float32 ONNX Runtime (their kernel rounds "
+          "activations to int8 block by block: arithmetic, where prefill spends its time)",
+          by_stage["shipped"].prefill_speedup.low <= by_stage["ONNX Runtime"].prefill_speedup.high,
+          f"prefill, paired IQRs {by_stage['shipped'].prefill_speedup.low:.2f}x-{by_stage['shipped'].prefill_speedup.high:.2f}x "
+          f"vs {by_stage['ONNX Runtime'].prefill_speedup.low:.2f}x-{by_stage['ONNX Runtime'].prefill_speedup.high:.2f}x",
+          needs_real_model=True)
 run.claim("8-bit weights decode faster than the same model in float32 ONNX Runtime",
           by_stage["shipped"].decode_speedup.low > by_stage["ONNX Runtime"].decode_speedup.high,
           f"paired IQRs {by_stage['shipped'].decode_speedup.low:.2f}x-{by_stage['shipped'].decode_speedup.high:.2f}x "
@@ -344,34 +404,44 @@ print(f"the FLOPs of the {FRACTION:.2%} cut allow an ideal prefill speedup of {i
 print(f"you guessed the shipped model decodes {my_guess_decode_speedup}x faster; measured {final.decode_speedup}")
 
 # %%
-steps = {"pruned": "dense", "recovered": "pruned", "ONNX Runtime": "recovered", "shipped": "ONNX Runtime"}
-costs = {stage: ppl[stage] / ppl[before] for stage, before in steps.items()}
-worst = max(costs, key=costs.get)
-print("perplexity cost of each stage: " + ", ".join(f"{s} {c:.2f}x" for s, c in costs.items()))
-run.claim("pruning is the stage that costs the most perplexity", worst == "pruned",
-          f"pruned {costs['pruned']:.2f}x, the next largest {max(c for s, c in costs.items() if s != 'pruned'):.2f}x",
-          needs_real_model=True)
+steps = {"pruned": "dense", "recovered": "pruned", "ONNX Runtime": "recovered", "shipped": "ONNX Runtime",
+         "int8 (PyTorch)": "recovered"}  # the last is a branch: the shipped model does not take it
+costs = {stage: quality[stage].vs(quality[before]) for stage, before in steps.items()}  # paired, step by step
+for stage, cost in costs.items():
+    print(f"{stage:>15} vs {steps[stage]:<10} {cost}")
+path = [stage for stage in steps if stage != "int8 (PyTorch)"]
+run.claim("on the path to the shipped model, pruning is the stage that costs the most perplexity",
+          all(costs["pruned"].low > costs[s].high for s in path if s != "pruned"),
+          f"pruned {costs['pruned'].interval()}; the others at most "
+          f"{max(costs[s].high for s in path if s != 'pruned'):.3f}", needs_real_model=True)
+run.claim("the PyTorch int8 branch (one scale per tensor, outliers in float) costs more than pruning did",
+          costs["int8 (PyTorch)"].low > costs["pruned"].high,
+          f"int8 {costs['int8 (PyTorch)'].interval()} vs pruned {costs['pruned'].interval()}", needs_real_model=True)
 run.claim("the shipped file is at least 3x smaller than the dense safetensors",
           metrics.file_bytes(files["dense"]) >= 3 * metrics.file_bytes(files["shipped"]),
           f"{metrics.file_bytes(files['dense']) / 1e6:.0f} MB -> {metrics.file_bytes(files['shipped']) / 1e6:.0f} MB",
           needs_real_model=True)
-run.claim(f"the shipped model's perplexity is within {BUDGET}x dense", ppl["shipped"] <= BUDGET * ppl["dense"],
-          f"{ppl['shipped']:.2f} vs {ppl['dense']:.2f} ({ppl['shipped'] / ppl['dense']:.2f}x)", needs_real_model=True)
+shipped_vs_dense = quality["shipped"].vs(quality["dense"])
+run.claim(f"the shipped model is decidedly worse than dense, and its measured ratio is within the {BUDGET} budget",
+          shipped_vs_dense.low > 1 and shipped_vs_dense.ratio <= BUDGET, str(shipped_vs_dense), needs_real_model=True)
+print(f"the budget decided by the interval too: {'yes' if shipped_vs_dense.high <= BUDGET else 'no'} "
+      f"(its upper end: {shipped_vs_dense.high:.3f})")
 
 # %% [markdown]
 # ## Serving: greedy generation, the same prompt
-# Dense float32 PyTorch's `generate()` against the shipped model decoding in ONNX
-# Runtime with its own cache: the first words, so you read the quality too.
+# Dense float32 PyTorch against the shipped model decoding in ONNX Runtime with its own
+# cache: the first words, so you read the quality too, and each generation timed (one
+# run each: the paired throughput at batch 1 and 8 is in the stage table above).
 
-# %%
+# %% tags=["nbval-ignore-output"]
 prompt = run.tokenizer(serve.PROMPT, return_tensors="pt").input_ids
-started = time.perf_counter()
-served = {"dense PyTorch": serve.generate_text(dense, run.tokenizer, new_tokens=NEW_TOKENS)}
-ort_tokens = stages["shipped"].generate(prompt, NEW_TOKENS)
-served["shipped ONNX"] = serve.Served(run.tokenizer.decode(ort_tokens), len(ort_tokens), 0.0)
 print(f"prompt: {serve.PROMPT}")
-for label, result in served.items():
-    print(f"{label:<14} {result.first_words(16)} ...")
+for label, stage in (("dense PyTorch", dense), ("shipped ONNX", stages["shipped"])):
+    started = time.perf_counter()
+    new = serve.greedy(stage, prompt, NEW_TOKENS)
+    rate = new.numel() / (time.perf_counter() - started)
+    words = " ".join(run.tokenizer.decode(new[0]).split()[:16])
+    print(f"{label:<14} {rate:5.1f} tokens per second: {words} ...")
 
 # %% [markdown]
 # ## 2:4 sparsity on a GPU
@@ -386,6 +456,58 @@ if reason is None:
 else:
     print(f"2:4 kernels are not timed here: {reason}")
     print("On a GPU of compute capability 8.0 or newer this cell times a 2:4 MLP matrix against dense.")
+
+# %% [markdown]
+# ## What accelerates what, in 2026
+# Each kind of pruning in each runtime, as a speedup over the *dense model in the same
+# runtime* (paired, prefill / decode, measured in this lesson), or, where it cannot run
+# on this machine, what the runtime's own project says.
+# <!-- quoted: the projects' repositories and issue threads, as of 2026 -->
+# In 2026 vLLM removed its 2:4 ("Sparse24") support (vllm #36799) after disabling its
+# sparse-only 2:4 kernels (#12417); llm-compressor dropped sparse compression and
+# compressed-tensors 0.20 ships no sparse compressor (#610); torchao deleted its sparsity
+# API (#4728). PyTorch's own 2:4 tutorial measured its speedups on an A100 and warns they
+# may not appear elsewhere; on an RTX 4090, 2:4 decoding ran 12% slower than dense
+# (pytorch/tutorials #3505), and at small shapes 0.11x (pytorch #111339). What ships is
+# structured pruning, which every runtime loads as an ordinary smaller model, plus
+# quantization.
+
+# %% tags=["nbval-ignore-output"]
+def paired(prefill, decode):
+    return f"{prefill.median:.2f}x / {decode.median:.2f}x"
+
+
+def versus(stage, baseline):  # two stages of the one interleaved stage measurement
+    return paired(by_stage[stage].speedup_over(by_stage[baseline], "prefill"),
+                  by_stage[stage].speedup_over(by_stage[baseline], "decode"))
+
+
+at_half = {layout: curve.speedups[layout][curve.sparsities.index(0.5)] for layout in sparse.LAYOUTS}
+no_24 = "CUDA only (to_sparse_semi_structured)" if reason else "measured in the 2:4 cell"
+runtime_table = [
+    ("pruning", "PyTorch eager (CPU)", "ONNX Runtime float32", "ONNX Runtime 8-bit", "course CSR/BSR",
+     "GPU serving in 2026"),
+    ("50% zeros", paired(torch_zeros["prefill"], torch_zeros["decode"]),
+     paired(zeros_speedup["prefill"], zeros_speedup["decode"]), "not measured",
+     " / ".join(f"{layout.upper()} {at_half[layout]:.2f}x" for layout in sparse.LAYOUTS) + " (one matrix)",
+     "sparse checkpoints no longer load (vllm #36799)"),
+    ("2:4", no_24, "no 2:4 kernel", "no 2:4 kernel", "-",
+     "removed from vLLM (#36799); A100-only gains, slower on an RTX 4090 (pytorch/tutorials #3505)"),
+    (f"structured ({FRACTION:.2%} MLP)", versus("recovered", "dense"), versus("ONNX Runtime", "dense ONNX"), "-",
+     "-", "loads as an ordinary, smaller model"),
+    ("structured + int8", versus("int8 (PyTorch)", "dense"), "-", versus("shipped", "dense ONNX"), "-",
+     "what ships: structured pruning plus quantization"),
+]
+widths = [max(len(str(row[i])) for row in runtime_table) for i in range(len(runtime_table[0]))]
+for row in runtime_table:
+    print(" | ".join(f"{str(cell):<{w}}" for cell, w in zip(row, widths)))
+
+# %% [markdown]
+# Read the rows against the claims above: the zeros row is where ONNX Runtime's verdict
+# came from (and lesson 5's for PyTorch), the course's sparse kernels at 50% are the
+# break-even curve's first point, 2:4 has no kernel here and has lost its serving stacks,
+# and the structured rows show what the cut bought in each runtime next to the FLOPs
+# ideal printed with the targets.
 
 # %% [markdown]
 # ## Explore: how many projections can go int8?
@@ -436,14 +558,20 @@ checks.check_int8_rows(int8_rows)
 # - **Size** comes from the format: the structured cut shrinks the file only by the
 #   weights it removes; 8-bit weights and a 4-bit embedding shrink it most.
 #   Unstructured zeros shrink a file only compressed or in a bitmask.
-# - **Quality** is lost in pruning (the costliest stage), partly won back by the
-#   refit; int8 *activations* with one scale per tensor break this model, while
-#   8-bit weights with a scale per block of 32 cost little.
+# - **Quality** is lost in pruning (the costliest stage on the path to the shipped
+#   model); the refit's gain after this MLP cut was too small to decide; int8 *activations* with one scale per tensor
+#   break this model, and even with the outlier projections in float the PyTorch int8
+#   branch costs more than pruning did, while 8-bit weights with a scale per block of 32
+#   cost little.
 # - **Speed**: decoding is bound by the bytes it reads, so the runtime and 8-bit
 #   weights speed it up together; prefill is bound by arithmetic, which a small
-#   structured cut barely reduces. The gains multiply where stages touch
-#   different costs: read the prefill and decode columns for what each bought here.
+#   structured cut barely reduces, and which the 8-bit kernel did not speed up over
+#   float32 ONNX Runtime. The gains multiply only where stages touch different costs:
+#   read the prefill and decode columns for what each bought here.
+# - The float32 ONNX file is larger than the checkpoint it came from: the exporter
+#   unties the lm_head from the embedding and writes it twice.
 
 # %% tags=["nbval-ignore-output"]
 summary.record("06", MODEL, ppl["dense"], ppl["shipped"], 1 / by_stage["shipped"].prefill_speedup.median,
                f"{FRACTION:.2%} MLP + refit + ONNX Runtime {BITS}-bit (shipped)")
+shutil.rmtree(WORK, ignore_errors=True)  # this run's files: nothing left behind

@@ -42,8 +42,22 @@ def test_owl_sparsities_keep_the_total_and_spare_the_outlier_layers(tiny):
     s = allocation.owl_sparsities(model, shares, 0.6, lam=0.08)
     assert allocation.total_sparsity(model, s) == pytest.approx(0.6)
     assert s[1] < s[0] and s.max() - s.min() == pytest.approx(0.16)
+
+
+def test_outlier_shares_are_owls_d_of_each_layer(tiny):
+    """D_l = the share of a layer's Wanda scores |W_ij| * ||X_j|| above 5x the layer's mean score,
+    written out here from each projection's own inputs (``one_layer.module_inputs``)."""
+    from course_lib.pruning import one_layer
+
+    model, windows = tiny
+    expected = []
+    for modules in allocation.layer_modules(model):
+        scores = torch.cat([(module.weight.abs() * one_layer.module_inputs(model, module, windows.calib)
+                             .double().norm(dim=0).float()).reshape(-1) for module in modules.values()])
+        expected.append(float((scores > 5 * scores.mean()).float().mean()))
     measured = allocation.outlier_shares(model, windows.calib)
-    assert measured.shape == (2,) and ((measured >= 0) & (measured < 1)).all()
+    assert measured == pytest.approx(expected, abs=1e-4)  # a tie flipped by rounding at most
+    assert measured[0] != measured[1]  # the layers differ: D is not a constant
 
 
 def test_a_bad_allocation_is_refused_with_the_count():
@@ -125,3 +139,20 @@ def test_the_allocation_check_measures_against_uniform(tiny):
     ppl = metrics.perplexity(model, windows.eval)
     handle.restore()
     assert f"{ppl:.2f} with your allocation" in results[0].message
+
+
+def test_the_allocation_check_takes_the_students_function_and_answers_a_stub_with_a_hint():
+    from course_lib.core import data, models
+    from course_lib.teaching import checks
+
+    model, tokenizer = models.load("tiny-llama")
+    windows = data.windows_for(tokenizer, "tiny-llama", seq_len=16, n_eval=2, n_calib=0)
+    as_list = checks.check_allocation(model, windows.eval, [0.5, 0.7], 0.6)
+    as_function = checks.check_allocation(model, windows.eval, lambda n_layers: [0.5, 0.7][:n_layers], 0.6)
+    assert as_function.message == as_list.message
+
+    def stub(n_layers):
+        raise NotImplementedError
+
+    result = checks.check_allocation(model, windows.eval, stub, 0.6)
+    assert not result and "not written yet" in result.message

@@ -47,17 +47,6 @@ def test_zero_head_check():
     assert "in place" in str(checks.check_zero_head(in_place))
 
 
-def test_gqa_choice_check():
-    def one_per_group(n, kv, k):
-        g = n // kv
-        per = k // kv
-        return [grp * g + i for grp in range(kv) for i in range(per)] if k % kv == 0 else list(range(k))
-
-    assert checks.check_gqa_choice(one_per_group)
-    first_k = lambda n, kv, k: list(range(k))  # noqa: E731  (fine until a group is split unevenly)
-    assert "same number" in str(checks.check_gqa_choice(first_k))
-
-
 def _nearest_by_enumeration(n, kv, want):
     """An independent solution: try every subset size by brute force over (whole groups, per group)."""
     g = n // kv

@@ -79,7 +79,7 @@ def test_prune_save_recipe_when_layers_differ_and_compressed(tmp_path, capsys):
                  "--seq-len", "32", "--n-eval", "2", "--runs", "2", "--latency-tokens", "16",
                  "--save", str(folder), "--compress"]) == 0
     pruned = json.loads(capsys.readouterr().out)
-    assert "sparse-bitmask" in pruned["saved_format"] and pruned["saved_bytes_on_disk"] > 0
+    assert "course bitmask" in pruned["saved_format"] and pruned["saved_bytes_on_disk"] > 0
     assert main(["eval", str(folder), "--json", "--seq-len", "32", "--n-eval", "2", "--runs", "2",
                  "--latency-tokens", "16"]) == 0
     assert json.loads(capsys.readouterr().out)["perplexity"] == pytest.approx(pruned["perplexity_after"], abs=1e-3)

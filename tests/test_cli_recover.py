@@ -1,6 +1,5 @@
 """prune --method layers and --recover {none,refit,distil}: promised keys, honest values, clear errors."""
 import json
-import math
 
 import pytest
 import torch
@@ -38,20 +37,19 @@ def test_layers_method_removes_a_fifth_of_the_layers(capsys, name):
 
 @pytest.mark.parametrize("method, recover", [("mlp", "refit"), ("heads", "refit"), ("mlp", "distil"),
                                              ("layers", "distil")])
-def test_recover_reports_each_stage(capsys, method, recover):
-    result = _prune(capsys, "tiny-llama", "--method", method, "--sparsity", "0.5",
+def test_recover_reports_each_stage_and_wins_quality_back(capsys, method, recover):
+    """On the trained tiny model (a random one has nothing to lose or win back): the cut costs
+    perplexity, and each recovery, reported as such, lowers it again on the held-out windows."""
+    result = _prune(capsys, "tiny-llama-trained", "--method", method, "--sparsity", "0.5",
                     "--recover", recover, "--steps", "3")
-    for key in KEYS:
-        assert math.isfinite(result[key]) and result[key] >= 0
+    assert all(key in result for key in KEYS)
     assert result["recover"] == recover
     assert result["recover_steps"] == (3 if recover == "distil" else 0)
-    if recover == "distil":
-        assert result["perplexity_after"] != result["perplexity_pruned"]  # training changed the model
-    if method != "layers":  # refit (kept only where the kept-out windows agree), also before distil
-        kept, total = map(int, result["refit_projections"].split("/"))
-        assert total == 2 and 0 <= kept <= total
-        if recover == "refit" and kept == 0:
-            assert result["perplexity_after"] == result["perplexity_pruned"]
+    assert result["perplexity_pruned"] > result["perplexity_before"]  # half of the heads/neurons/layers
+    assert result["perplexity_after"] < result["perplexity_pruned"], result  # improved, not just changed
+    assert result["ideal_ratio"] < 1.0 and result["parameters_after"] < result["parameters_before"]
+    if method != "layers":  # refit, also before distil: both layers' projections win on the kept-out windows
+        assert result["refit_projections"] == "2/2"
     else:
         assert result["refit_projections"] is None
 

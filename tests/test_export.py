@@ -47,8 +47,8 @@ def logits(model):
 def uniform_cut(model):
     """One KV group (GPT-2: no heads, its attention width is fixed) and 25% of neurons per layer."""
     if arch.family(model) != "gpt2":
-        H.remove_heads(model, recipes.uniform_groups_request(model, 1))
-    M.remove_neurons(model, recipes.uniform_neurons_request(model, 0.25))
+        H.remove_heads(model, recipes.uniform_groups_request(model, 1, recipes.importance(model, "heads", "weight-norm")))
+    M.remove_neurons(model, recipes.uniform_neurons_request(model, 0.25, recipes.importance(model, "mlp", "weight-norm")))
 
 
 def test_tiny_models_round_trip_through_plain_from_pretrained(tmp_path):
@@ -59,7 +59,7 @@ def test_tiny_models_round_trip_through_plain_from_pretrained(tmp_path):
         uniform_cut(model)
         assert arch.mlp_width(model, 1) == width - round(0.25 * width)  # really cut
         if name == "tiny-llama":  # one query head of every remaining group too
-            H.remove_heads(model, recipes.uniform_heads_request(model, 1))
+            H.remove_heads(model, recipes.uniform_heads_request(model, 1, recipes.importance(model, "heads", "weight-norm")))
             assert arch.attention_shape(model, 0).group_size == 2
         expected.append(logits(model))
         folders.append(io.export_pretrained(model, tmp_path / name, tokenizer=tokenizer))

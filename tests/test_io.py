@@ -157,6 +157,34 @@ def test_weights_that_do_not_fit_the_manifest_are_refused(tmp_path):
         io.load_pruned(tmp_path / "pruned")
 
 
+@pytest.mark.parametrize("kind", ["course recipe", "standard with manifest", "plain save_pretrained"])
+def test_a_truncated_weights_file_is_a_clear_error_not_a_traceback(tmp_path, capsys, kind):
+    """``eval DIR`` on a folder whose model.safetensors was cut short (an interrupted copy, a
+    full disk): exit code 2 and one paragraph naming the file and what to do."""
+    from course_lib.cli.main import main
+    model, tokenizer = models.load("tiny-llama")
+    folder = tmp_path / "saved"
+    if kind == "course recipe":
+        M.remove_neurons(model, {0: [1, 2]})
+        io.save_pruned(model, folder, tokenizer=tokenizer)
+    elif kind == "standard with manifest":
+        io.export_pretrained(model, folder, tokenizer=tokenizer)
+    else:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    weights = folder / io.WEIGHTS
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    assert main(["eval", str(folder), "--seq-len", "16", "--n-eval", "1", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert str(weights) in err and "cut short" in err and "Save the model again" in err
+    weights.unlink()  # gone altogether: the same kind of answer
+    assert main(["eval", str(folder), "--seq-len", "16", "--n-eval", "1", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
 def test_manifest_is_readable_json_with_notes(tmp_path):
     model, _ = models.load("tiny-gpt2")
     handle = M.remove_neurons(model, {0: [1, 2]})

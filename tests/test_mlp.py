@@ -182,3 +182,33 @@ def test_least_important_neurons():
     assert {k: len(v) for k, v in request.items()} == {0: 48, 1: 48}
     M.remove_neurons(model, request)
     assert arch.mlp_width(model, 0) == 144
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_a_width_cut_can_remove_exactly_the_parameters_of_a_depth_cut(name):
+    """Width against depth at an exactly equal budget: the neuron request removes the
+    parameters of one whole layer (gated MLP: 3 x hidden per neuron; GPT-2: 2 x hidden + a bias)."""
+    import copy
+
+    from course_lib.core import arch, metrics, models
+    from course_lib.pruning import layers, mlp
+
+    model = models.load(name)[0]
+    per_layer = sum(p.numel() for p in arch.decoder_layers(model)[0].parameters())
+    per_neuron = mlp.parameters_per_neuron(model)
+    scores = [torch.arange(arch.mlp_width(model, i), dtype=torch.float64).flip(0) + i
+              for i in range(len(arch.decoder_layers(model)))]  # the last neurons score lowest
+    request = mlp.neurons_for_parameters(model, scores, per_layer)
+    width, depth = copy.deepcopy(model), copy.deepcopy(model)
+    mlp.remove_neurons(width, request)
+    layers.remove_layers(depth, [0])
+    total = metrics.count_parameters(model)["total"]
+    removed_width = total - metrics.count_parameters(width)["total"]
+    removed_depth = total - metrics.count_parameters(depth)["total"]
+    assert removed_depth - per_neuron < removed_width <= removed_depth  # whole neurons, never more
+    counts = [len(v) for v in request.values()]
+    assert max(counts) - min(counts) <= 1  # as even as whole neurons allow
+    for layer, neurons in request.items():  # the lowest-scoring ones
+        assert neurons == list(range(arch.mlp_width(model, layer) - len(neurons), arch.mlp_width(model, layer)))
+    with pytest.raises(ValueError, match="ask for fewer"):
+        mlp.neurons_for_parameters(model, scores, total)

@@ -1,5 +1,6 @@
-"""Model loading: tiny models, the embedded model and its cache, hub ids offline."""
-import time
+"""Model loading: tiny models, the trained tiny model, the embedded model and its cache, hub ids
+offline."""
+import dataclasses
 
 import pytest
 import torch
@@ -16,6 +17,26 @@ def test_tiny_models_are_deterministic_and_run(name):
     ids = tokenizer("Pruning removes weights.", return_tensors="pt").input_ids
     assert a(ids).logits.shape == (1, ids.shape[1], models.TINY_VOCAB)
     assert not a.training
+
+
+def test_the_trained_tiny_model_is_deterministic_cached_and_keyed_by_its_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    short = models.TrainedTiny("tiny-llama", steps=4, batch=2, seq_len=16)  # the real one, shorter
+    monkeypatch.setitem(models.TRAINED, "tiny-llama-trained", short)
+    rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
+    first, _ = models.load("tiny-llama-trained")
+    assert torch.equal(torch.random.get_rng_state(), rng) and torch.get_num_threads() == threads
+    again = models.train_tiny(short)  # the same settings: the same weights, bit for bit
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in first.state_dict().items())
+    untrained, _ = models.load("tiny-llama")
+    assert not torch.equal(first.lm_head.weight, untrained.lm_head.weight)  # it did train
+    monkeypatch.setattr(models, "train_tiny", lambda recipe: pytest.fail("trained twice"))
+    cached, _ = models.load("tiny-llama-trained")  # read from the cache
+    assert torch.equal(cached.lm_head.weight, first.lm_head.weight)
+    other = dataclasses.replace(short, lr=short.lr / 2)
+    assert other.key() != short.key()  # other settings, another cache entry
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == \
+        [f"tiny-llama-trained-{short.key()}"]
 
 
 def test_byte_tokenizer_round_trips_any_text():
@@ -37,22 +58,20 @@ def test_tiny_families_match_their_layouts():
         assert names and not any("lm_head" in n or "embed" in n or "wte" in n for n in names)
 
 
-def test_unknown_name_fails_fast_offline_and_says_what_to_do(monkeypatch):
+def test_unknown_name_fails_fast_offline_and_says_what_to_do(monkeypatch, network_attempts):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     with pytest.raises(models.ModelNotAvailableError) as info:
         models.load("smollm2")
-    assert time.perf_counter() - started < 15
+    assert network_attempts == []  # fast: offline, nothing was even tried
     message = str(info.value)
     assert "smollm2-135m" in message and "Did you mean" in message and "gemma3-270m" in message
 
 
-def test_hub_id_offline_fails_fast_and_names_the_embedded_models(monkeypatch):
+def test_hub_id_offline_fails_fast_and_names_the_embedded_models(monkeypatch, network_attempts):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
     with pytest.raises(models.ModelNotAvailableError, match="embedded model"):
         models.load("TinyLlama/TinyLlama-1.1B-Chat-v1.0")
-    assert time.perf_counter() - started < 15
+    assert network_attempts == []
 
 
 def test_cuda_without_gpu_is_a_clear_error():
@@ -77,10 +96,16 @@ def test_embedded_smollm2_matches_its_published_shape(smollm2):
 
 
 @pytest.mark.embedded
-def test_embedded_model_loads_from_cache_in_seconds(smollm2):
-    started = time.perf_counter()
+def test_embedded_model_loads_from_its_cache_without_the_gguf(smollm2, monkeypatch, capsys):
+    """Once cached, a load reads the safetensors copy: the GGUF is not even located (that is what
+    makes it take a second instead of a minute; how long it takes is the benchmark's business)."""
+    def no_gguf():
+        raise AssertionError("the GGUF was looked for: the cache was not used")
+
+    monkeypatch.setitem(models.EMBEDDED, "smollm2-135m",
+                        dataclasses.replace(models.EMBEDDED["smollm2-135m"], locate_gguf=no_gguf))
     model, _ = models.load("smollm2-135m")  # the session fixture already built the cache
-    assert time.perf_counter() - started < 5
+    assert "converting" not in capsys.readouterr().out
     reference, _ = smollm2
     assert torch.equal(model.model.layers[3].mlp.up_proj.weight, reference.model.layers[3].mlp.up_proj.weight)
 

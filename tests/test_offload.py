@@ -57,11 +57,11 @@ def test_the_walk_keeps_no_copy_of_offloaded_weights(tmp_path):
 
 
 def test_a_bench_rerun_keeps_the_offload_section(tmp_path):
-    from course_lib.cli import bench
+    from course_lib.cli.bench import report
     results = tmp_path / "results.md"
     results.write_text("# old\n\n## Checks\nx\n\n## Pruning beyond memory (decoder offloaded to disk)\n\n| a |\n")
-    assert bench._kept_sections(results).strip().startswith("## Pruning beyond memory")
-    assert "Checks" not in bench._kept_sections(results)
+    assert report._kept_sections(results).strip().startswith("## Pruning beyond memory")
+    assert "Checks" not in report._kept_sections(results)
 
 
 def _offloaded_tiny(tmp_path, name="tiny-llama"):
@@ -150,6 +150,64 @@ def test_pruning_an_offloaded_model_twice_undoes_in_turn(tmp_path):
     assert all(torch.equal(after_first[k], v) for k, v in weights(off).items())
     first.restore()
     assert all(torch.equal(original[k], v) for k, v in weights(off).items())
+
+
+def _files(folder):
+    """Every file under ``folder`` (name -> bytes)."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+def test_offloaded_prunes_leave_no_backups_behind(tmp_path):
+    """Each prune of an offloaded model backs up the .dat files it overwrites (for undo); those
+    backups go when the prune is made permanent or restored, so disk use does not grow."""
+    off, windows = _offloaded_tiny(tmp_path)
+    folder = tmp_path / "offload"
+    untouched = _files(folder)
+    wanda_prune(off, windows.calib, 0.5).make_permanent()
+    one_prune = _files(folder)
+    assert len(one_prune) > len(untouched)  # the pruned layers now live in .dat files
+    for _ in range(2):
+        handle = sparsegpt_prune(off, windows.calib, 0.5)
+        assert any(".undo-" in name for name in _files(folder))  # kept while it can be restored
+        handle.make_permanent()
+        assert _files(folder) == one_prune  # the same files, the same sizes: no backups left
+
+    first = wanda_prune(off, windows.calib, 0.5)
+    after_first = _files(folder)  # with first's backups: it may still be restored
+    second = sparsegpt_prune(off, windows.calib, 0.75)
+    second.restore()
+    assert _files(folder) == after_first
+    first.restore()
+    assert _files(folder) == one_prune
+
+
+def test_restoring_the_first_prune_of_an_offloaded_model_deletes_its_dat_files(tmp_path):
+    off, windows = _offloaded_tiny(tmp_path)
+    folder = tmp_path / "offload"
+    untouched = _files(folder)
+    first = wanda_prune(off, windows.calib, 0.5)
+    second = wanda_prune(off, windows.calib, 0.6)
+    second.restore()
+    first.restore()  # every weight reads from the checkpoint again: no .dat is needed
+    assert _files(folder) == untouched
+
+
+def test_a_live_prune_keeps_its_backups_when_an_earlier_one_is_made_permanent(tmp_path):
+    """Stacked prunes b, c; b made permanent (its backups deleted) while c is still live; then
+    d: d's backups must not take the name of c's, so d and c still restore exactly."""
+    off, windows = _offloaded_tiny(tmp_path)
+    wanda_prune(off, windows.calib, 0.5).make_permanent()  # the layers now live in .dat files
+    b = wanda_prune(off, windows.calib, 0.6)
+    after_b = weights(off)
+    c = wanda_prune(off, windows.calib, 0.7)
+    after_c = weights(off)
+    b.make_permanent()
+    d = sparsegpt_prune(off, windows.calib, 0.8)
+    d.restore()
+    assert all(torch.equal(after_c[k], v) for k, v in weights(off).items())
+    c.restore()
+    assert all(torch.equal(after_b[k], v) for k, v in weights(off).items())
+    assert not any(".undo-" in name for name in _files(tmp_path / "offload"))
 
 
 def test_a_weights_map_in_memory_undoes_exactly():

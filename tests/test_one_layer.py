@@ -7,12 +7,20 @@ from course_lib.pruning import one_layer
 
 
 def test_inputs_are_what_the_module_reads():
+    """down_proj's inputs, multiplied by its weight, give what the MLP block wrote to the stream."""
     model, tok = models.load("tiny-llama")
     windows = data.make_windows(tok, data.load_text(), seq_len=16, n_eval=1, n_calib=2).calib
     module = model.model.layers[1].mlp.down_proj
-    x = one_layer.module_inputs(model, module, windows)
+    written = []
+    hook = model.model.layers[1].mlp.register_forward_hook(lambda m, a, out: written.append(out))
+    try:
+        with torch.no_grad():
+            model(windows, use_cache=False)  # the whole model, as it runs
+    finally:
+        hook.remove()
+    x = one_layer.module_inputs(model, module, windows)  # stops once it has them
     assert x.shape == (2 * 16, module.in_features)
-    assert torch.allclose(module(x), x @ module.weight.t(), atol=1e-6)
+    torch.testing.assert_close(x @ module.weight.t(), written[0].reshape(-1, module.out_features))
 
 
 def test_error_is_zero_without_pruning_and_ordered_with_it():

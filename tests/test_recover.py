@@ -1,5 +1,6 @@
-"""Recovery: the closed-form refit never worsens calibration error and matches lstsq; distillation
-lowers the KL, trains in place and undoes exactly."""
+"""Recovery: the closed-form refit matches lstsq, reports the repaired model's errors and lowers the
+error on held-out text of a trained model; distillation lowers the KL, trains in place and undoes
+exactly."""
 import copy
 
 import pytest
@@ -39,16 +40,18 @@ def pruned_pair(name, kind, fraction=0.5):
     dense, _ = models.load(name)
     pruned = copy.deepcopy(dense)
     if kind == "mlp":
-        M.remove_neurons(pruned, recipes.neurons_request(pruned, fraction)).make_permanent()
+        M.remove_neurons(pruned, recipes.neurons_request(
+            pruned, fraction, recipes.importance(pruned, "mlp", "weight-norm"))).make_permanent()
     else:
-        H.remove_heads(pruned, recipes.heads_request(pruned, fraction)).make_permanent()
+        H.remove_heads(pruned, recipes.heads_request(
+            pruned, fraction, recipes.importance(pruned, "heads", "weight-norm"))).make_permanent()
     return dense, pruned
 
 
 @pytest.mark.parametrize("damp", [0.1, 1e4])  # a huge ridge keeps W' at the kept weights
 @pytest.mark.parametrize("kind", ["mlp", "heads"])
 @pytest.mark.parametrize("name", TINY)
-def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
+def test_refit_reports_the_final_models_errors_and_undoes(name, kind, damp):
     dense, pruned = pruned_pair(name, kind)
     before_logits = logits(pruned)
     names = R.changed_projections(pruned, dense)
@@ -58,24 +61,39 @@ def test_refit_never_worsens_calibration_error_and_undoes(name, kind, damp):
     after = R.reconstruction_errors(pruned, dense, CALIB[:6])  # the final model, fit windows
     assert handle.info["fit_windows"] == 6 and handle.info["check_windows"] == 2
     for n in names:
-        row = handle.info["errors"][n]
-        assert row["after"] <= row["before"] + 1e-9 * max(1.0, row["before"])
         # the decision was made on the inputs the repaired model really feeds this projection
         # (layer by layer); fitting all layers on the unrepaired model's inputs fails here
-        assert after[n] == pytest.approx(row["after"], rel=1e-4, abs=1e-9)
-    assert after[names[0]] <= before[names[0]] + 1e-9 * max(1.0, before[names[0]])  # nothing upstream
-    for row in handle.info["errors"].values():  # kept only where the kept-out windows agree
-        assert not row["refit"] or row["check_after"] < row["check_before"]
+        assert after[n] == pytest.approx(handle.info["errors"][n]["after"], rel=1e-4, abs=1e-9)
     if damp < 1:
         assert sum(after.values()) < sum(before.values())  # it did something
     handle.restore()
     assert torch.equal(logits(pruned), before_logits)
 
 
+@pytest.mark.parametrize("kind", ["mlp", "heads"])
+def test_refit_in_several_batches_fits_what_one_batch_fits(kind):
+    """The walk may take the windows a few at a time (less memory): every batch's inputs reach
+    the fit, paired token by token with the dense targets, so the refit is the same."""
+    dense, pruned = pruned_pair("tiny-llama", kind)
+    unrepaired = {n: m.weight.detach().clone() for n, m in R.output_projections(pruned).items()}
+    one_batch = copy.deepcopy(pruned)
+    first = R.refit(one_batch, dense, CALIB)
+    handle = R.refit(pruned, dense, CALIB, walk_batch_size=3)  # 8 windows: batches of 3, 3 and 2
+    assert handle.info["errors"].keys() == first.info["errors"].keys()
+    for n, row in handle.info["errors"].items():
+        assert row["refit"] == first.info["errors"][n]["refit"]
+        assert row["after"] == pytest.approx(first.info["errors"][n]["after"], rel=1e-4)
+    batched, whole = R.output_projections(pruned), R.output_projections(one_batch)
+    for n in batched:
+        torch.testing.assert_close(batched[n].weight, whole[n].weight, rtol=1e-4, atol=1e-5)
+    assert any(not torch.equal(batched[n].weight, unrepaired[n]) for n in batched)  # it refit something
+    with pytest.raises(ValueError, match="walk_batch_size"):
+        R.refit(copy.deepcopy(one_batch), dense, CALIB, walk_batch_size=0)
+
+
 def test_refit_equals_lstsq_on_captured_activations():
     dense, pruned = pruned_pair("tiny-llama", "mlp")
     name = R.changed_projections(pruned, dense)[0]
-    layer = int(name.split(".")[1])
     captured = {}
     p_mod = R.output_projections(pruned)[name]
     d_mod = R.output_projections(dense)[name]
@@ -100,25 +118,28 @@ def test_refit_equals_lstsq_on_captured_activations():
     B = torch.cat([y, lam ** 0.5 * P.T])
     expected = torch.linalg.lstsq(A, B).solution.T
     torch.testing.assert_close(R.solve(stat, damp, prior=P), expected, atol=1e-6, rtol=1e-6)
-    assert layer >= 0
 
 
-def test_refit_held_out_error_is_measured_and_reported():
-    """How often the refit also lowers the error on unseen windows (printed: a measurement, not a
-    promise; on these random tiny models it is a minority, see the report in bench/results.md)."""
-    lowered, refit, total = 0, 0, 0
-    for name in TINY:
-        dense, pruned = pruned_pair(name, "mlp", 0.25)
-        before = R.reconstruction_errors(pruned, dense, HELD)
-        handle = R.refit(pruned, dense, CALIB)
-        after = R.reconstruction_errors(pruned, dense, HELD)
-        kept = [n for n, row in handle.info["errors"].items() if row["refit"]]
-        lowered += sum(after[n] < before[n] for n in kept)
-        refit += len(kept)
-        total += len(before)
-    print(f"refit {refit}/{total} projections; held-out error lowered in {lowered}/{refit} of them")
-    assert refit > 0 and 0 <= lowered <= refit
-    assert all(v >= 0 for v in after.values())
+@pytest.mark.parametrize("kind", ["mlp", "heads"])
+def test_refit_lowers_the_error_on_held_out_text_of_a_trained_model(kind):
+    """What the refit is for: fitted on calibration text, each repaired projection writes what the
+    dense one wrote on text it never saw, far more closely than the cut layer did (measured: 5x to
+    60x smaller errors). On a random model this is a coin toss: there is nothing to reconstruct."""
+    from course_lib.core import data
+
+    dense, tokenizer = models.load("tiny-llama-trained")
+    windows = data.windows_for(tokenizer, "tiny-llama-trained", seq_len=32, n_eval=8, n_calib=8)
+    pruned = copy.deepcopy(dense)
+    if kind == "mlp":
+        M.remove_neurons(pruned, recipes.neurons_request(pruned, 0.5, calib=windows.calib)).make_permanent()
+    else:
+        H.remove_heads(pruned, recipes.heads_request(pruned, 0.5, calib=windows.calib)).make_permanent()
+    before = R.reconstruction_errors(pruned, dense, windows.eval)
+    handle = R.refit(pruned, dense, windows.calib)
+    after = R.reconstruction_errors(pruned, dense, windows.eval)
+    assert all(row["refit"] for row in handle.info["errors"].values())
+    for name in before:
+        assert after[name] < before[name] / 2, (name, before[name], after[name])
 
 
 def test_refit_refuses_depth_pruned_and_same_object():
@@ -163,6 +184,34 @@ def test_distil_lowers_kl_in_place_and_undoes(name):
     assert all(not p.requires_grad or p.grad is None for p in pruned.parameters())
     handle.restore()
     assert torch.equal(logits(pruned), before)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "one zeroed neuron"])
+def test_distil_keeps_an_unstructured_prune_sparse(method):
+    """Training a 50%-sparse student (or one with a single neuron zeroed: rare zeros, kept as
+    positions): the pruned weights stay exactly zero (re-applied after every step), the others
+    train, and restore() still puts the pruned model back."""
+    from course_lib.core import arch
+    from course_lib.pruning.recipes import prune_with
+    dense, _ = models.load("tiny-llama")
+    student = copy.deepcopy(dense)
+    if method == "one zeroed neuron":
+        M.zero_neurons(student, {0: [3]}).make_permanent()
+    else:
+        prune_with(student, method, 0.5, None, CALIB).make_permanent()
+    sparse = {n: m.weight.detach().clone() for n, m in arch.prunable_linears(student).items()}
+    handle, _ = D.distil(student, dense, CALIB, steps=3, lr=1e-3, quiet=True)
+    trained = {n: m.weight.detach() for n, m in arch.prunable_linears(student).items()}
+    for n, w in sparse.items():
+        assert torch.equal(trained[n] == 0, w == 0), n  # the same zeros, no new ones
+    assert all(not torch.equal(trained[n], w) for n, w in sparse.items())  # every matrix trained
+    assert any(w.dtype == torch.bool for _, w in D.zero_masks(student)) == (method != "one zeroed neuron")
+    assert handle.info["zeros_kept"] == sum(int((w == 0).sum()) for w in sparse.values())
+    handle.restore()
+    assert all(torch.equal(m.weight, sparse[n]) for n, m in arch.prunable_linears(student).items())
+    refilled, _ = D.distil(student, dense, CALIB, steps=1, lr=1e-3, quiet=True, keep_zeros=False)
+    assert any(not torch.equal(m.weight == 0, sparse[n] == 0) for n, m in arch.prunable_linears(student).items())
+    refilled.restore()
 
 
 def test_distil_refuses_bad_input():

@@ -70,15 +70,60 @@ def test_csr_density_counts_nonzeros_and_block_mask_zeros_whole_blocks():
 def test_bad_layout_and_blocks_are_refused():
     with pytest.raises(ValueError, match="layout='coo'"):
         sparse.SparseLinear(torch.randn(8, 8), layout="coo")
-    with pytest.raises(ValueError, match="multiples of the blocksize"):
-        sparse.SparseLinear(torch.randn(40, 32), layout="bsr", blocksize=32)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"blocksize={bad!r}: give a whole number"):
+            sparse.SparseLinear(torch.randn(40, 32), layout="bsr", blocksize=bad)
     model, _ = models.load("tiny-llama")
     with pytest.raises(KeyError, match="not a prunable"):
         sparse.to_sparse_modules(model, names=["lm_head"])
 
 
-# ------------------------------------------------------------------ swapping into a model
+@pytest.mark.parametrize("shape,block", [((688, 256), 16), ((112, 304), 16), ((40, 32), 8), ((300, 200), 32)])
+def test_bsr_takes_any_shape_a_fitting_block_or_padding(shape, block):
+    """A pruned model's widths are rarely multiples of 32 (a Llama-shaped MLP: 688 x 256)."""
+    assert sparse.blocksize_for([shape]) == block  # the largest of 32, 16, 8 dividing both sides, else 32
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    keep = sparse.block_magnitude_mask(w, 0.5)
+    assert keep.shape == shape and 0.3 < 1 - keep.float().mean() < 0.7
+    x = torch.randn(2, 3, shape[1])
+    layer = sparse.SparseLinear(w * keep, torch.randn(shape[0]), layout="bsr")
+    assert layer.blocksize == block
+    torch.testing.assert_close(layer(x), F.linear(x, w * keep, layer.bias), rtol=1e-5, atol=1e-5)
+    padded = sparse.SparseLinear(w * keep, layout="bsr", blocksize=32)  # the block the lesson names
+    torch.testing.assert_close(padded(x), F.linear(x, w * keep), rtol=1e-5, atol=1e-5)
+    assert 0 < padded.density() <= 1
+
+
+def test_padding_does_not_make_part_blocks_look_weak():
+    """300 x 200 in 32 x 32 blocks: 16 of the 70 blocks are part blocks (the padding is not a weight)."""
+    w = 1 + 0.01 * torch.randn(300, 200, generator=torch.Generator().manual_seed(0))  # every weight alike
+    keep = sparse.block_magnitude_mask(w, 0.25, blocksize=32)
+    part_blocks_kept = keep[288:].any() or keep[:, 192:].any()
+    assert part_blocks_kept  # by summed squares they would all score lowest and all go first
+
+
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_bsr_on_a_model_with_odd_widths_keeps_its_logits(name):
+    model, _ = models.load(name)
+    remove_neurons(model, {0: [0, 3, 5], 1: [1]})  # MLP widths 189 and 191 (GPT-2: 253, 255)
+    names = list(arch.prunable_linears(model))
+    pruning = sparse.prune_for_sparse_kernels(model, 0.7, "bsr", names=names)
+    ids = torch.randint(0, 258, (2, 9))
+    with torch.no_grad():
+        masked = model(ids).logits
+    swap = sparse.to_sparse_modules(model, "bsr")
+    assert swap.info["blocksize"] == pruning.info["blocksize"] == 32  # no block fits 189: padded
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, masked, rtol=1e-5, atol=1e-5)
+    swap.restore()
+    pruning.restore()
+    curve = sparse.sparse_layer_ratios(arch.weight_matrix(model.get_submodule(names[-1])), [0.9], tokens=4,
+                                      runs=1, warmup=0, threads=1)
+    assert curve.blocksize == 32 and len(curve.speedups["bsr"]) == 1
+
+
+# ------------------------------------------------------------------ swapping into a model
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2", "tiny-qwen2"])  # qwen2: q/k/v biases too
 @pytest.mark.parametrize("layout", ["csr", "bsr"])
 def test_swapping_sparse_modules_keeps_logits_and_restores_bit_exactly(name, layout):
     model, _ = models.load(name)
@@ -101,16 +146,6 @@ def test_swapping_sparse_modules_keeps_logits_and_restores_bit_exactly(name, lay
     with torch.no_grad():
         assert torch.equal(model(ids).logits, masked_logits)
     pruning.restore()
-
-
-def test_sparse_swap_error_is_tiny_and_leaves_the_model_dense():
-    model, _ = models.load("tiny-qwen2")  # q/k/v biases go through SparseLinear too
-    handle = sparse.prune_for_sparse_kernels(model, 0.9, "bsr", blocksize=32,
-                                            names=list(arch.prunable_linears(model)))
-    ids = torch.randint(0, 258, (1, 10))
-    assert sparse.sparse_swap_error(model, ids, "bsr") < 1e-5
-    assert len(arch.prunable_linears(model)) == 2 * 7
-    handle.restore()
 
 
 def test_mlp_names_select_only_mlp_layers():
@@ -253,3 +288,48 @@ def test_semi_structured_on_gpu_keeps_logits():
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
     assert sparse.semi_structured_layer_ratio(runs=5, warmup=2) > 0
     handle.restore()
+
+
+def _fake_prefill(speedups):
+    """A stand-in for timing.compare_prefill whose pruned model is ``speedups[i]`` x faster on call i."""
+    from course_lib.core import timing
+
+    calls = []
+
+    def compare(models, **kwargs):
+        factor = speedups[min(len(calls), len(speedups) - 1)]
+        calls.append(factor)
+        label = [k for k in models if k != "dense"][0]
+        dense = [0.100 + 0.001 * i for i in range(5)]
+        return {"dense": timing.Measurement.from_times("dense", dense, "cpu", 2),
+                label: timing.Measurement.from_times(label, [t / factor for t in dense], "cpu", 2)}
+    return compare, calls
+
+
+@pytest.mark.parametrize("speedups, remeasured, plausible", [
+    ((3.0, 1.15), 1, True),          # an artifact, then a believable figure: the second one is kept
+    ((3.0, 3.0, 3.0), 2, False),     # it stays beyond physics: reported as implausible
+    ((1.15,), 0, True),              # believable at once: timed once
+])
+def test_a_speedup_far_above_its_ideal_is_remeasured_and_never_plausible(monkeypatch, speedups, remeasured,
+                                                                       plausible):
+    from course_lib.core import timing
+
+    fake, calls = _fake_prefill(speedups)
+    monkeypatch.setattr(timing, "compare_prefill", fake)
+    model = models.load("tiny-llama")[0]
+    pruned = copy.deepcopy(model)
+    result = speed.measure_speedup(model, pruned, ideal=1.2, runs=5)
+    assert result.remeasured == remeasured and len(calls) == remeasured + 1
+    assert result.plausible is plausible
+    assert result.prefill_speedup == pytest.approx(speedups[min(remeasured, len(speedups) - 1)])
+
+
+def test_explain_gap_does_not_explain_a_shortfall_that_did_not_happen():
+    model = models.load("tiny-llama")[0]
+    pruned = copy.deepcopy(model)
+    remove_neurons(pruned, {i: list(range(8)) for i in range(len(arch.decoder_layers(pruned)))})
+    dense_f, pruned_f = metrics.flops_per_token(model), metrics.flops_per_token(pruned)
+    ideal = speed.ideal_speedup(dense_f, pruned_f)
+    assert "falls short" not in speed.explain_gap(dense_f, pruned_f, ideal * 1.0)
+    assert "falls short" in speed.explain_gap(dense_f, pruned_f, ideal * 0.8)

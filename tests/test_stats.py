@@ -69,13 +69,25 @@ def test_mismatched_windows_are_refused():
         stats.paired_ratio(base, other[:3])
 
 
-def test_a_ranking_holds_only_when_every_draw_decides_it():
+def test_a_ranking_holds_only_when_the_draws_agree_and_their_interval_decides():
     draws = [_nll(-0.1, 0.3, s) for s in (7, 8, 9)]
     result = stats.compare_over_draws("A", [a for a, _ in draws], "B", [b for _, b in draws])
-    assert result.b_lower_everywhere and "B lower in every draw" in str(result)
-    mixed = draws[:2] + [_nll(0.0, 0.3, 10)]
+    assert result.b_lower_everywhere and "B lower over the draws" in str(result)
+    assert result.low < result.ratio < result.high < 1
+    mixed = draws[:2] + [_nll(0.1, 0.3, 10)]  # one draw goes the other way
     result = stats.compare_over_draws("A", [a for a, _ in mixed], "B", [b for _, b in mixed])
     assert not result.b_lower_everywhere and result.verdict == "not decided across draws"
+
+
+def test_the_interval_over_draws_holds_the_calibration_variance_too():
+    """Draws that disagree widen the interval: redrawing only the evaluation blocks of their
+    average would claim a precision the calibration sample does not have."""
+    shifts = (-0.25, -0.02, 0.12)
+    draws = [_nll(shift, 0.1, 20 + k) for k, shift in enumerate(shifts)]
+    result = stats.compare_over_draws("A", [a for a, _ in draws], "B", [b for _, b in draws])
+    average = stats.paired_ratio(torch.stack([a for a, _ in draws]).mean(0), torch.stack([b for _, b in draws]).mean(0))
+    assert result.ratio == pytest.approx(average.ratio, rel=1e-9)  # the same estimate...
+    assert result.high - result.low > 2 * (average.high - average.low)  # ...with the draws' spread in it
 
 
 # ------------------------------------------------ the live explorer's interval, and why it is planned for every look

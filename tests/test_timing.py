@@ -235,3 +235,14 @@ def test_a_lesson_claim_is_truthy_and_silent_at_the_end_of_a_cell(capsys):
     assert held and not failed and held == True and failed == False  # noqa: E712
     data, _ = InteractiveShell.instance().display_formatter.format(held)
     assert data == {}
+
+
+@pytest.mark.parametrize("low, median, high, bound, expected", [
+    (0.95, 1.00, 1.10, 1.25, True),    # within noise, and the spread stays below the bound
+    (0.90, 1.02, 1.30, 1.25, False),   # within noise but too wide to rule a 1.25x speedup out
+    (1.05, 1.10, 1.15, 1.25, False),   # faster: not "not faster", whatever the bound
+])
+def test_not_faster_states_what_it_rules_out(low, median, high, bound, expected):
+    from course_lib.core.timing import Speedup
+
+    assert Speedup(median, low, high, 9).rules_out(bound) is expected

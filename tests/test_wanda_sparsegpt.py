@@ -70,6 +70,29 @@ def test_walk_reproduces_the_full_forward(name, attn):
         assert torch.allclose(walk_without_pruning(model, windows, 2, on_arrival), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("on_arrival", ["last", "all"])
+def test_batched_arrival_calibrates_each_arriving_group_on_every_batch(on_arrival):
+    """``batched_arrival``: the windows stay in batches, and each arriving group still sees every
+    calibration token (one statistic over all batches) before it is pruned, in the layer's order."""
+    model, _ = models.load("tiny-llama")
+    windows = torch.randint(0, 256, (5, 40))
+    pruned = []
+
+    def count_tokens(stat, x):
+        return (stat or 0) + x.shape[0]
+
+    def prune_layer(index, layer, groups):
+        pruned.extend((index, tuple(g.names), g.stat) for g in groups)
+
+    hidden = calibrate.walk(model, windows, count_tokens, prune_layer, batch_size=2, on_arrival=on_arrival,
+                            return_hidden=True, batched_arrival=True)
+    assert len(hidden) == 3  # batches of 2, 2 and 1 windows
+    names = calibrate.input_groups(model, windows)
+    assert [(i, n) for i, n, _ in pruned] == [(i, tuple(n)) for i in range(2) for n in names]
+    assert {stat for _, _, stat in pruned} == {windows.numel()}
+    assert torch.allclose(torch.cat(hidden), full_forward_last_hidden(model, windows), atol=1e-5)
+
+
 def test_walk_replays_gemma3_local_and_global_layers():
     """A sliding window shorter than the text: local and global layers get different masks/rotary."""
     config = Gemma3TextConfig(vocab_size=258, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -1,2 +1,3 @@
-"""The command line, ``python -m course_lib``: main (info, eval), prune, bench.
+"""The command line, ``python -m course_lib``: main (info, eval), prune, ship, bench (a package:
+measure, judge, report, plot).
 """

@@ -1,19 +1,22 @@
 """The course's command line: ``python -m course_lib {info,eval,prune,ship,bench} MODEL``.
 
 Every command prints a readable summary, or one JSON object with ``--json``.
+
+Parsing imports nothing heavy: the options are declared here and in the light
+command modules (``prune``, ``ship``), from names that need no torch
+(``core.names``, ``models.all_names``), so ``--help`` and a bad option answer at
+once. torch, transformers and the runtimes are imported by the command that runs.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 
-import torch
-
-from ..core import arch, data, metrics, models, progress, timing
-from ..pruning import io
-from . import bench, options, prune, ship
+from ..core import models
+from . import options, prune, ship
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -37,12 +40,16 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
 
 def load(name: str, device=None):
     """A course model, a hub id, or a saved folder (course recipe or standard checkpoint)."""
+    from ..pruning import io
+
     if (io.Path(name).expanduser() / io.MANIFEST).is_file():
         return io.load_pruned(io.Path(name).expanduser(), device=device)
     return models.load(name, device=device)
 
 
 def model_info(model) -> dict:
+    from ..core import arch, metrics
+
     config = model.config
     flops = metrics.flops_per_token(model)
     shape = arch.attention_shape(model, 0)
@@ -65,11 +72,15 @@ def model_info(model) -> dict:
 
 
 def cmd_info(args) -> dict:
+    options.use_threads(args)
     model, _ = load(args.model, device=args.device)
     return model_info(model)
 
 
 def cmd_eval(args) -> dict:
+    from ..core import data, metrics, timing
+
+    options.use_threads(args)
     started = time.perf_counter()
     model, tokenizer = load(args.model, device=args.device)
     load_seconds = time.perf_counter() - started
@@ -116,8 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
     prune.register(sub, _common, _eval_args)
     ship.register(sub, _common, _eval_args)
-    bench.register(sub)
+    _bench_args(sub)
     return parser
+
+
+def _bench_args(sub) -> None:
+    """``bench``'s options (declared here: ``cli.bench`` imports the benchmark's whole stack)."""
+    bench = sub.add_parser("bench", help="speed and quality benchmark -> OUT/results.md, results.png")
+    bench.add_argument("model", nargs="?", default="smollm2-135m",
+                       help=f"a course model ({', '.join(models.all_names())})")
+    bench.add_argument("--threads", type=options.THREADS, default=2,
+                       help="CPU threads (recorded with timings), 1..1024")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--source", default="pydoc", help="text for perplexity/calibration")
+    bench.add_argument("--out", default="bench", help="folder for results.md and results.png")
+    bench.add_argument("--quick", action="store_true", help="few windows and runs (tests)")
+    bench.add_argument("--render", action="store_true",
+                       help="only rewrite results.md and results.png from OUT/results.json (no measuring)")
+    bench.set_defaults(run=lambda args: importlib.import_module(".bench", __package__).cmd_bench(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # a bad option (one line printed, code 2) or --help (0)
         return stop.code
-    torch.set_num_threads(args.threads)
+    from ..core import progress
+
     try:
         with progress.quiet(args.json):  # --json: stdout and stderr carry no progress bars
             result = args.run(args)

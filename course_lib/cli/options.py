@@ -48,6 +48,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def use_threads(args) -> None:
+    """``--threads`` for all the command runs; torch is imported here, once the options are checked."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
 def check_lengths(model, args) -> None:
     """--seq-len and --latency-tokens must fit the model's context (positions it can embed)."""
     config = model.config

@@ -5,32 +5,28 @@
     python -m course_lib prune smollm2-135m --method mlp --sparsity 0.5
     python -m course_lib prune smollm2-135m --method mlp --sparsity 0.25 --save pruned/
     python -m course_lib prune smollm2-135m --method layers --sparsity 0.2 --recover distil --steps 20
+    python -m course_lib prune smollm2-135m --method heads --sparsity 0.25 --score weight-norm
 
 It prints perplexity before/after (course protocol windows), the prune's wall
 time and the pruned/dense prefill latency ratio, measured side by side in the
 same run, next to its ideal (FLOPs) ratio. ``--recover refit|distil`` (structured
 methods) then repairs the pruned model against the dense one and reports the
-perplexity after recovery and its seconds.
+perplexity after recovery and its seconds. Structured methods choose what goes by
+the data-aware score of ``recipes.SCORES`` unless ``--score`` names another.
 """
 from __future__ import annotations
 
 import copy
 import time
 
-from ..core import data, metrics, models
-from ..pruning import io
-from ..pruning.masks import check_sparsity
-from ..pruning.recipes import CALIBRATED, METHODS, STRUCTURED, achieved, check_method, prune_with
-from ..recover.recipes import DEFAULT_STEPS, RECOVERY, check_recovery, recover_with
-from ..runtime import speed
+from ..core.names import (DEFAULT_STEPS, METHODS, RECOVERY, SCORES, STRUCTURED, check_method, check_recovery,
+                          check_score, needs_calibration)
 from . import options
 
 
 def cmd_prune(args) -> dict:
-    method, pattern = check_method(args.method, args.pattern)
-    sparsity = check_sparsity(args.sparsity)
-    if pattern is not None:
-        sparsity = 1 - pattern[0] / pattern[1]
+    method, pattern = check_method(args.method, args.pattern)  # the options first: no torch needed
+    score = check_score(method, args.score)
     recover = check_recovery(args.recover, args.steps)
     if recover != "none" and method not in STRUCTURED:
         raise ValueError(f"--recover {recover} repairs a structured prune ({', '.join(STRUCTURED)}); "
@@ -39,15 +35,25 @@ def cmd_prune(args) -> dict:
         raise ValueError("--recover refit repairs layers whose neurons or heads were removed; "
                          "--method layers removes whole layers, so there is nothing to refit. "
                          "Use --recover distil.")
+    from ..core import data, metrics, models
+    from ..pruning.masks import check_sparsity
+    from ..pruning.recipes import achieved, prune_with
+    from ..recover.recipes import recover_with
+    from ..runtime import speed
+
+    options.use_threads(args)
+    sparsity = check_sparsity(args.sparsity)
+    if pattern is not None:
+        sparsity = 1 - pattern[0] / pattern[1]
     model, tokenizer = models.load(args.model, device=args.device)
     options.check_lengths(model, args)
-    n_calib = args.n_calib if method in CALIBRATED or recover != "none" else 0
+    n_calib = args.n_calib if needs_calibration(method, score) or recover != "none" else 0
     windows = data.windows_for(tokenizer, args.model, source=args.source, seq_len=args.seq_len,
                                n_eval=args.n_eval, n_calib=n_calib)
     ppl_before = metrics.perplexity(model, windows.eval)
     pruned = copy.deepcopy(model)  # the dense model stays, for the side-by-side timing
     started = time.perf_counter()
-    handle = prune_with(pruned, method, sparsity, pattern, windows.calib if n_calib else None)
+    handle = prune_with(pruned, method, sparsity, pattern, windows.calib if n_calib else None, score)
     prune_seconds = time.perf_counter() - started
     ppl_pruned = metrics.perplexity(pruned, windows.eval)
     started = time.perf_counter()
@@ -65,6 +71,7 @@ def cmd_prune(args) -> dict:
         "model": args.model,
         "method": method,
         "pattern": f"{pattern[0]}:{pattern[1]}" if pattern else None,
+        "score": score,
         "sparsity_requested": round(sparsity, 4),
         "sparsity_achieved": round(achieved(model, pruned, method), 4),
         "sparsity_unit": {"heads": "heads removed", "mlp": "MLP neurons removed",
@@ -98,12 +105,17 @@ def _save(args, pruned, handle, tokenizer) -> dict:
     """``--save DIR``: a standard checkpoint when every layer was cut alike, else the recipe."""
     if not args.save:
         return {}
+    from ..pruning import io
+
     folder = io.save_pruned(pruned, args.save, handle, tokenizer=tokenizer, compress=args.compress)
     manifest = io.read_manifest(folder)
-    return {"saved": str(folder),
-            "saved_format": ("standard Hugging Face checkpoint" if manifest.get("standard") else
-                             "course recipe (load_pruned)" + (", sparse-bitmask" if args.compress else "")),
-            "saved_bytes_on_disk": manifest["bytes_on_disk"]}
+    saved = {"saved": str(folder),
+             "saved_format": ("standard Hugging Face checkpoint" if manifest.get("standard") else
+                              "course recipe (load_pruned)" + (", course bitmask" if args.compress else "")),
+             "saved_bytes_on_disk": manifest["bytes_on_disk"]}
+    if not manifest.get("standard") and not args.compress:  # say why from_pretrained cannot open it
+        saved["standard_refused"] = io.standard_problem(pruned)
+    return saved
 
 
 def register(sub, common, eval_args) -> None:
@@ -115,11 +127,16 @@ def register(sub, common, eval_args) -> None:
     prune.add_argument("--sparsity", type=options.fraction, default=0.5,
                        help="fraction of weights (heads/mlp: of heads/neurons per layer) to remove")
     prune.add_argument("--pattern", default=None, help="N:M pattern, e.g. 2:4 (overrides --sparsity)")
+    prune.add_argument("--score", default=None,
+                       help="what decides which units a structured method removes: "
+                            + "; ".join(f"{m}: {', '.join(s)}" for m, s in SCORES.items())
+                            + " (default: the first, data-aware)")
     prune.add_argument("--save", default=None, metavar="DIR",
                        help="write the pruned model there (a standard checkpoint when every layer "
                             "was cut alike; eval/info DIR open it)")
     prune.add_argument("--compress", action="store_true",
-                       help="with --save: sparse weights in the bitmask layout (fewer bytes)")
+                       help="with --save: sparse weights in the course's bitmask layout (fewer bytes; "
+                            "only the course opens it)")
     prune.add_argument("--recover", default="none", choices=RECOVERY,
                        help="after a structured prune: refit (closed-form repair of the output "
                             "projections) or distil (refit, then KL distillation from the dense model)")

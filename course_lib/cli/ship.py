@@ -2,12 +2,15 @@
 
     python -m course_lib ship smollm2-135m --json
     python -m course_lib ship smollm2-135m --fraction 0.25 --bits 4 --out shipped/
+    python -m course_lib ship tiny-gemma3 --recipe heads --fraction 0.5
 
 Prints one JSON object with ``--json``: ``{"model": ..., "stages": [{"stage",
-"perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds"}, ...]}``.
-The first stage is the dense fp32 PyTorch model, the last the shipped one
-(ONNX Runtime, 8- or 4-bit weights); speedups are against the dense model,
-measured interleaved in the same run (``runtime.pipeline``).
+"perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds",
+"tokens_per_s"}, ...]}``. The first stage is the dense fp32 PyTorch model, the last
+the shipped one (ONNX Runtime, 8- or 4-bit weights); speedups are against the dense
+model, measured interleaved in the same run (``runtime.pipeline``); ``tokens_per_s``
+(dense and shipped) is greedy generation at batch 1 and 8. ``MODEL`` may be a folder
+written by ``prune --save``.
 """
 from __future__ import annotations
 
@@ -15,11 +18,11 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..core import data, models, timing
-from ..runtime import pipeline
+from ..core.names import STRUCTURED, check_recipe
 from . import options
 
-RECIPES = ("mlp",)  # structured: the same fraction of MLP neurons from every layer, by activation
+FRACTION = 0.1875  # removed per layer (or of the layers): lesson 6's choice on SmolLM2 (its quality budget)
+KEEP_FLOAT = 8  # projections with the largest activation outliers kept float in PyTorch int8 (lesson 6)
 
 
 def bits(text: str) -> int:
@@ -30,22 +33,27 @@ def bits(text: str) -> int:
 
 
 def cmd_ship(args) -> dict:
-    if args.recipe not in RECIPES:
-        raise ValueError(f"--recipe {args.recipe!r} is unknown: the pipeline ships {', '.join(RECIPES)} "
-                         "(the same fraction of MLP neurons removed from every layer, by activation).")
-    model, tokenizer = models.load(args.model, device="cpu")
+    check_recipe(args.recipe)  # the options first: no torch needed
+    from ..core import data, timing
+    from ..runtime import pipeline, serve
+    from .main import load  # the command line's loader: course names, hub ids and saved folders
+
+    options.use_threads(args)
+    model, tokenizer = load(args.model, device="cpu")
     options.check_lengths(model, args)
     windows = data.windows_for(tokenizer, getattr(model, "course_name", args.model), source=args.source,
                                seq_len=args.seq_len, n_eval=args.n_eval, n_calib=args.n_calib)
     with tempfile.TemporaryDirectory(prefix="course-ship-") as tmp, timing.thread_count(args.threads):
         folder = Path(args.out).expanduser() if args.out else Path(tmp)
         shipped = pipeline.run(model, windows, folder, fraction=args.fraction, keep_float=args.keep_float,
-                               bits=args.bits, recover=args.recover, log=lambda *_: None,
+                               bits=args.bits, recover=args.recover, log=lambda *_: None, recipe=args.recipe,
                                tokens=args.latency_tokens, runs=args.runs, threads=args.threads)
         rows = [row.as_dict() for row in shipped.rows]
     result = {"model": args.model, "recipe": args.recipe, "fraction": args.fraction, "bits": args.bits,
               "stages": rows, "eval_tokens": windows.eval_tokens,
-              "workload": f"prefill 1x{args.latency_tokens}; decode 16 tokens after 32; interleaved",
+              "workload": f"prefill 1x{args.latency_tokens}; decode 16 tokens after 32; greedy generation of "
+                          f"16 tokens after 32 at batch {' and '.join(map(str, serve.SERVE_BATCHES))} "
+                          f"({', '.join(pipeline.SERVED)}); interleaved",
               "threads": args.threads}
     if args.out:
         result["files"] = str(folder)
@@ -55,13 +63,15 @@ def cmd_ship(args) -> dict:
 def register(sub, common, eval_args) -> None:
     parser = sub.add_parser("ship", help="prune, recover, quantize, export to ONNX Runtime: each stage measured")
     common(parser)
-    parser.add_argument("--recipe", default="mlp", help=f"structured recipe ({', '.join(RECIPES)})")
-    parser.add_argument("--fraction", type=options.fraction, default=pipeline.DEFAULT_FRACTION,
-                        help="fraction of every layer's MLP neurons removed")
+    parser.add_argument("--recipe", default="mlp",
+                        help=f"structured recipe ({', '.join(STRUCTURED)}), by its data-aware score")
+    parser.add_argument("--fraction", type=options.fraction, default=FRACTION,
+                        help="fraction removed: of every layer's MLP neurons (mlp) or heads (heads), "
+                             "or of the layers (layers)")
     parser.add_argument("--no-recover", dest="recover", action="store_false",
                         help="skip the refit stage")
     parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8)")
-    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=pipeline.DEFAULT_KEEP_FLOAT,
+    parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=KEEP_FLOAT,
                         help="projections of largest activation outliers kept float in the PyTorch int8 stage")
     eval_args(parser)  # --source, --seq-len, --n-eval, --n-calib, --latency-tokens, --runs
     parser.set_defaults(seq_len=128, n_eval=8, n_calib=8)  # lesson 6's sizes: the pipeline in ~2 min

@@ -15,6 +15,7 @@ Two layouts exist:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -123,22 +124,56 @@ def lm_head_shape(model: nn.Module) -> tuple[int, int]:
     return tuple(weight.shape)
 
 
+class StopForward(Exception):
+    """Raised by a hook of ``forward_windows`` once it has what it needs: the rest of that
+    batch's forward pass (later layers, the lm_head) is skipped."""
+
+
 @torch.no_grad()
 def forward_windows(model: nn.Module, windows: torch.Tensor, batch_size: int = 4,
-                    pre_hooks: dict | None = None, hooks: dict | None = None) -> None:
+                    pre_hooks: dict | None = None, hooks: dict | None = None,
+                    kwargs_hooks: dict | None = None, paired: nn.Module | None = None,
+                    after_batch: Callable[[], None] | None = None) -> int:
     """Run ``model`` over ``windows`` in batches (no KV cache), only for what hooks record.
 
-    ``pre_hooks`` / ``hooks``: {module: fn} registered as forward pre-hooks / forward
-    hooks for the run, and removed afterwards whatever happens."""
+    The one loop behind every score and statistic read from activations: each batch
+    goes to the device of the model that reads it (``next(model.parameters()).device``),
+    and every hook is removed afterwards whatever happens.
+
+    - ``pre_hooks`` / ``hooks``: {module: fn} registered as forward pre-hooks
+      ``fn(module, args)`` / forward hooks ``fn(module, args, output)``;
+    - ``kwargs_hooks``: {module: fn} forward hooks that also see the keyword arguments,
+      ``fn(module, args, kwargs, output)`` (a decoder layer receives its hidden states
+      as ``hidden_states=`` in some families);
+    - ``paired``: a second model run on the same batch just before ``model`` (a dense
+      model whose outputs a pruned one is compared with); hooks may sit in either;
+    - ``after_batch()``: called once both models have run a batch (fold what the hooks
+      saw into running sums, then drop it);
+    - a hook may raise ``StopForward`` to end that model's pass over the batch early.
+
+    Returns the number of tokens run (``windows.numel()``).
+    """
     handles = [m.register_forward_pre_hook(fn) for m, fn in (pre_hooks or {}).items()]
     handles += [m.register_forward_hook(fn) for m, fn in (hooks or {}).items()]
-    device = next(model.parameters()).device
+    handles += [m.register_forward_hook(fn, with_kwargs=True) for m, fn in (kwargs_hooks or {}).items()]
+    runs = ([paired] if paired is not None else []) + [model]
+    devices = [next(m.parameters()).device for m in runs]
+    tokens = 0
     try:
         for start in range(0, windows.shape[0], batch_size):
-            model(windows[start:start + batch_size].to(device), use_cache=False)
+            batch = windows[start:start + batch_size]
+            for m, device in zip(runs, devices):
+                try:
+                    m(batch.to(device), use_cache=False)
+                except StopForward:
+                    pass
+            tokens += batch.numel()
+            if after_batch is not None:
+                after_batch()
     finally:
         for h in handles:
             h.remove()
+    return tokens
 
 
 def check_token_ids(model: nn.Module, windows: torch.Tensor, what: str = "the windows") -> None:

@@ -89,6 +89,20 @@ class Windows:
         return self.eval.shape[0] * (self.eval.shape[1] - 1)
 
 
+def windows_tensor(windows) -> torch.Tensor:
+    """``windows`` as the (n_windows, seq_len) tensor of token ids a score reads.
+
+    A whole ``Windows`` is refused: which part to score on (calibration or evaluation
+    text) is the caller's choice, and the course protocol scores on ``.calib``.
+    """
+    if isinstance(windows, torch.Tensor):
+        return windows
+    if hasattr(windows, "calib") and hasattr(windows, "eval"):
+        raise TypeError("got a Windows object: pass windows.calib (score on calibration text, "
+                        "as the course protocol does) or windows.eval explicitly.")
+    raise TypeError(f"windows must be a LongTensor (n_windows, seq_len), got {type(windows).__name__}.")
+
+
 def make_windows(tokenizer, text: str, seq_len: int = 256, n_eval: int = 16, n_calib: int = 32,
                  add_bos: bool = False, draw: int = 0) -> Windows:
     """Cut ``text`` into calibration windows (from the start) and evaluation windows (from the middle).

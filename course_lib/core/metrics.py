@@ -24,17 +24,23 @@ from . import arch
 def token_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
     """The negative log-likelihood (nats) of every predicted token: ``(n_windows, seq_len - 1)``.
 
+    ``model``: a PyTorch causal LM, or any callable mapping token ids to logits (an ONNX
+    Runtime session, ``runtime.export.OrtModel``): one definition for every runtime.
     Each window predicts tokens 1..L-1 from the ones before. Returned in float64 on the
     CPU, so that sums and means over many tokens do not depend on the batch size, and
     so that two models' NLLs of the same windows can be compared token by token
     (``core.stats``: paired comparisons with an interval).
     """
-    arch.check_token_ids(model, windows, "the evaluation windows")
-    device = next(model.parameters()).device
+    torch_model = isinstance(model, nn.Module)
+    if torch_model:
+        arch.check_token_ids(model, windows, "the evaluation windows")
+    device = next(model.parameters()).device if torch_model else torch.device("cpu")
     rows = []
     for start in range(0, windows.shape[0], batch_size):
         batch = windows[start:start + batch_size].to(device)
-        logits = model(batch, use_cache=False).logits[:, :-1].float()
+        # a PyTorch model returns an output with .logits; a runtime session (ONNX Runtime) the logits
+        out = model(batch, use_cache=False) if torch_model else model(batch)
+        logits = torch.as_tensor(getattr(out, "logits", out))[:, :-1].float()
         targets = batch[:, 1:]
         rows.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none").double().cpu())
     return torch.cat(rows)

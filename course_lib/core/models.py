@@ -8,6 +8,8 @@ Three kinds of names:
   ``tiny-gemma3``) with a byte-level tokenizer, to try code in seconds, and stand-ins
   whose head geometry mirrors each lesson's original model (``tiny-gpt2-124m``,
   ``tiny-tinyllama``, ``tiny-qwen2.5``, ``tiny-gemma3-270m``; see ``STAND_INS``);
+- a tiny *trained* model, ``tiny-llama-trained`` (``TRAINED``: tiny-llama trained for
+  seconds on the offline text, cached), where a claim about quality must be able to fail;
 - any Hugging Face hub id (``gpt2``, ``TinyLlama/TinyLlama-1.1B-Chat-v1.0``,
   ``Qwen/Qwen2.5-0.5B``): the original models of the lessons, when online or cached.
 
@@ -25,14 +27,22 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
 
-transformers.logging.set_verbosity_error()
-transformers.logging.disable_progress_bar()  # no progress widgets in the lessons' outputs
+
+def quiet_transformers():
+    """transformers, imported on first use (it takes seconds: the command line's ``--help`` and
+    its option errors never need it), its warnings at error level and without progress widgets
+    (the lessons' outputs stay clean)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
 
 
 class ModelNotAvailableError(RuntimeError):
@@ -146,10 +156,11 @@ def _tiny_config(name: str):
                            num_attention_heads=6, num_key_value_heads=2,
                            max_position_embeddings=512, tie_word_embeddings=True,
                            layer_types=["full_attention"] * 2, **common)
-    if name == "tiny-gemma3":  # per-head q/k norms, 4 heads / 2 KV heads
+    if name == "tiny-gemma3":  # per-head q/k norms, 4 heads / 2 KV heads, a sliding and a global layer
         return Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                 num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                max_position_embeddings=512, sliding_window=512, **common)
+                                max_position_embeddings=512, sliding_window=8,  # short: tests pass it
+                                layer_types=["sliding_attention", "full_attention"], **common)
     # Stand-ins with the head geometry of each lesson's original model (random weights,
     # a few layers): a lesson run on one of them exercises every index, count and slice
     # the original would, offline and in seconds.
@@ -182,6 +193,38 @@ STAND_INS = {"tiny-gpt2-124m": "gpt2", "tiny-tinyllama": "TinyLlama/TinyLlama-1.
 TINY = BASE_TINY + tuple(STAND_INS)
 
 
+@dataclass(frozen=True)
+class TrainedTiny:
+    """A tiny model trained from scratch on the course's offline text, for claims about quality.
+
+    A randomly initialised model's perplexity is about its vocabulary size whatever is
+    done to it, so a test of "int8 keeps quality" or "the refit wins perplexity back"
+    passes on it with every decoder weight zeroed. This one has learnt something:
+    ``base``'s config trained for ``steps`` AdamW steps (linear warm-up, cosine decay)
+    on random ``batch`` x ``seq_len`` windows of the *first half* of ``source`` (the
+    evaluation windows of ``data.make_windows`` start at its middle: held-out text),
+    with seed ``seed`` and one thread, so the same settings give the same weights. It is
+    built once, in seconds, and kept in the cache under a key of its settings.
+    """
+
+    base: str
+    steps: int = 300
+    batch: int = 16
+    seq_len: int = 64
+    lr: float = 4e-3
+    warmup: int = 20
+    seed: int = 0
+    source: str = "pydoc"
+
+    def key(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:12]
+
+
+TRAINED = {"tiny-llama-trained": TrainedTiny("tiny-llama")}  # perplexity ~10 on held-out pydoc (vocab 258)
+
+
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """A 258-token byte-level tokenizer: every text round-trips, nothing to download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -192,7 +235,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>",
+    return quiet_transformers().PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>",
                                    eos_token="<eos>", pad_token="<eos>")
 
 
@@ -201,16 +244,20 @@ def cache_dir() -> Path:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_dtype(device: str) -> torch.dtype:
+    import torch
+
     # bf16 matmuls are ~7x slower than fp32 on a laptop CPU; on a GPU bf16 is the norm.
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
 def all_names() -> list[str]:
-    return list(EMBEDDED) + list(TINY)
+    return list(EMBEDDED) + list(TINY) + list(TRAINED)
 
 
 def needs_bos(name: str) -> bool:
@@ -232,6 +279,9 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
     ``attn_implementation`` is ``"sdpa"`` (default) or ``"eager"``; the tests use
     both, because a wrong head count can hide behind sdpa.
     """
+    import torch
+
+    hf = quiet_transformers()
     device = device or default_device()
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ModelNotAvailableError("device='cuda' was asked for, but torch sees no CUDA GPU: "
@@ -246,12 +296,15 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
         config = _tiny_config(name)
         if attn_implementation:
             config._attn_implementation = attn_implementation
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = hf.AutoModelForCausalLM.from_config(config, dtype=dtype)
+        tokenizer = byte_tokenizer()
+    elif name in TRAINED:
+        model = hf.AutoModelForCausalLM.from_pretrained(trained_cache(name), **kwargs)
         tokenizer = byte_tokenizer()
     elif name in EMBEDDED:
         folder = _embedded_cache(name)
         model = _load_cached(folder, name, kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = hf.AutoTokenizer.from_pretrained(folder)
     elif Path(name).expanduser().is_dir():
         model, tokenizer = _load_folder(Path(name).expanduser(), kwargs)
     else:
@@ -261,6 +314,94 @@ def load(name: str = "smollm2-135m", device: str | None = None, dtype: torch.dty
     return model, tokenizer
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuse a ``.safetensors`` file (or every one in a folder) whose header does not read.
+
+    An interrupted copy or save, or a full disk, leaves a truncated file; safetensors then
+    stops with "incomplete metadata" and no file name. Reading the headers is cheap.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        if not file.is_file():
+            raise ModelNotAvailableError(f"{file} is missing: the save is incomplete. Save the model "
+                                         "again, or copy the whole folder again.")
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise ModelNotAvailableError(
+                f"{file} is not a complete safetensors file ({err}; {file.stat().st_size:,} bytes): "
+                "it was cut short, most likely by an interrupted save or copy or a full disk. Save "
+                "the model again (prune --save, io.save_pruned or io.export_pretrained), or copy "
+                "the folder again from where it is intact.") from err
+
+
+def train_tiny(recipe: TrainedTiny):
+    """A fresh model of ``recipe.base``'s config, trained as ``recipe`` says (deterministic)."""
+    import math
+
+    import torch
+
+    from . import data
+
+    ids = torch.tensor(byte_tokenizer()(data.load_text(recipe.source), add_special_tokens=False)["input_ids"])
+    train = ids[: len(ids) // 2]  # evaluation windows start at the middle: never trained on
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same sums in the same order, the same weights
+    try:
+        with torch.random.fork_rng():  # the caller's random state is left as it was
+            torch.manual_seed(recipe.seed)
+            model = quiet_transformers().AutoModelForCausalLM.from_config(_tiny_config(recipe.base),
+                                                                          dtype=torch.float32)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
+                                          weight_decay=0.0)
+            picks = torch.Generator().manual_seed(recipe.seed)
+            model.train()
+            for step in range(recipe.steps):
+                starts = torch.randint(0, len(train) - recipe.seq_len, (recipe.batch,), generator=picks)
+                batch = torch.stack([train[a: a + recipe.seq_len] for a in starts.tolist()])
+                scale = min(1.0, (step + 1) / recipe.warmup) * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
+                for group in optimizer.param_groups:
+                    group["lr"] = recipe.lr * scale
+                model(batch, labels=batch, use_cache=False).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def trained_cache(name: str) -> Path:
+    """The folder of a ``TRAINED`` model, trained on first use (seconds) and kept in the cache."""
+    recipe = TRAINED[name]
+    folder = cache_dir() / f"{name}-{recipe.key()}"
+    if (folder / "config.json").is_file():
+        return folder
+    import contextlib
+    import sys
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f".{folder.name}.lock"), "w") as lock:
+        with contextlib.suppress(ImportError):  # one builder at a time (test workers share the cache)
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if (folder / "config.json").is_file():  # built while this process waited
+            return folder
+        print(f"[course_lib] training {name} once (seconds); later loads use {folder}", file=sys.stderr)
+        model = train_tiny(recipe)
+        remove_stale_staging(folder.parent, f".{folder.name}-*")
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            model.save_pretrained(staging)
+            os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
 def _load_folder(folder: Path, kwargs: dict):
     """A saved model: a standard Hugging Face folder (config.json + weights + tokenizer)."""
     if not (folder / "config.json").is_file():
@@ -268,9 +409,11 @@ def _load_folder(folder: Path, kwargs: dict):
                 "course_lib.pruning.io.load_pruned (the command line does)"
                 if (folder / "manifest.json").is_file() else "not a saved model")
         raise ModelNotAvailableError(f"{folder} has no config.json: it is {what}.")
-    model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    check_safetensors(folder)
+    hf = quiet_transformers()
+    model = hf.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = hf.AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise ModelNotAvailableError(f"{folder} holds no tokenizer ({err}): save it with "
                                      "tokenizer=... (save_pruned / export_pretrained).") from err
@@ -287,10 +430,13 @@ def _embedded_cache(name: str) -> Path:
         raise ModelNotAvailableError(f"{gguf} is missing: reinstall it with "
                                      f"`{EMBEDDED[name].reinstall}`.")
     print(f"[course_lib] converting {gguf.name} once (20-70 s); later loads use {folder}")
+    import torch
+
+    hf = quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = hf.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                        dtype=torch.float32)
+        tokenizer = hf.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as err:  # a truncated or damaged GGUF fails deep inside the reader
         raise ModelNotAvailableError(
             f"{gguf} could not be read as a GGUF model ({type(err).__name__}: {err}): the file is "
@@ -317,12 +463,13 @@ def _embedded_cache(name: str) -> Path:
 
 
 def _load_cached(folder: Path, name: str, kwargs: dict):
+    auto = quiet_transformers().AutoModelForCausalLM
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        return auto.from_pretrained(folder, **kwargs)
     except Exception as err:  # a damaged cache: rebuild it once from the GGUF
         warnings.warn(f"cached {name} at {folder} did not load ({err}); rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
-        return AutoModelForCausalLM.from_pretrained(_embedded_cache(name), **kwargs)
+        return auto.from_pretrained(_embedded_cache(name), **kwargs)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -340,7 +487,8 @@ def _unknown_name_message(name: str, reason: str) -> str:
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return (
         f"Cannot load model '{name}': {reason}.{hint}\n"
-        f"Offline, use an embedded model ({', '.join(EMBEDDED)}) or a tiny one ({', '.join(TINY)}).\n"
+        f"Offline, use an embedded model ({', '.join(EMBEDDED)}) or a tiny one "
+        f"({', '.join(TINY + tuple(TRAINED))}).\n"
         f"For an original model of the lessons (gpt2, TinyLlama/TinyLlama-1.1B-Chat-v1.0, "
         f"Qwen/Qwen2.5-0.5B), connect to the internet once and run "
         f"`python -m course_lib info {name}` to download it into the Hugging Face cache."
@@ -348,9 +496,10 @@ def _unknown_name_message(name: str, reason: str) -> str:
 
 
 def _load_hub(name: str, kwargs: dict):
+    hf = quiet_transformers()
     try:  # the Hugging Face cache first: works offline once downloaded
-        return (AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs),
-                AutoTokenizer.from_pretrained(name, local_files_only=True))
+        return (hf.AutoModelForCausalLM.from_pretrained(name, local_files_only=True, **kwargs),
+                hf.AutoTokenizer.from_pretrained(name, local_files_only=True))
     except (OSError, ValueError):
         pass
     if not _hub_reachable():
@@ -358,7 +507,7 @@ def _load_hub(name: str, kwargs: dict):
             name, "it is neither an embedded or tiny model nor in the local Hugging Face cache, "
                   "and the hub cannot be reached"))
     try:
-        return (AutoModelForCausalLM.from_pretrained(name, **kwargs),
-                AutoTokenizer.from_pretrained(name))
+        return (hf.AutoModelForCausalLM.from_pretrained(name, **kwargs),
+                hf.AutoTokenizer.from_pretrained(name))
     except OSError as err:
         raise ModelNotAvailableError(_unknown_name_message(name, f"the hub said: {err}")) from err

@@ -101,7 +101,7 @@ class PairedRatio:
         return "not distinguishable"
 
     def interval(self) -> str:
-        return f"{self.level:.0%} interval {self.low:.3f}-{self.high:.3f}"
+        return f"{self.level:.0%} interval {_fmt(self.low)}-{_fmt(self.high)}"
 
     def decide_hint(self) -> str:
         """How much more text would decide an undecided comparison, in words."""
@@ -112,9 +112,14 @@ class PairedRatio:
         return f"not distinguishable at this size: about {math.ceil(self.more_text)}x more text would decide it"
 
     def __str__(self) -> str:
-        text = (f"{self.other:.2f} vs {self.base:.2f}: ratio {self.ratio:.3f} "
+        text = (f"{self.other:.2f} vs {self.base:.2f}: ratio {_fmt(self.ratio)} "
                 f"({self.interval()}, {self.blocks} blocks of {BLOCK} tokens)")
         return text + (f"; {self.decide_hint()}" if not self.decided else "")
+
+
+def _fmt(ratio: float) -> str:
+    """A ratio to three decimals, or to three significant digits when it is far from 1."""
+    return f"{ratio:.3f}" if 0.01 <= ratio < 1000 else f"{ratio:.3g}"
 
 
 def paired_ratio(nll_base: torch.Tensor, nll_other: torch.Tensor, block: int = BLOCK,
@@ -173,46 +178,65 @@ class Quality:
 
 @dataclass(frozen=True)
 class DrawComparison:
-    """Method B against method A over calibration draws: one paired comparison per draw."""
+    """Method B against method A over calibration draws: one paired comparison per draw, and
+    the comparison over the draws (a two-level bootstrap: draws and blocks both redrawn)."""
 
     label_a: str
     label_b: str
     draws: tuple  # PairedRatio of B over A, one per calibration draw (same evaluation windows)
     a_values: tuple  # perplexity of A in each draw
     b_values: tuple
+    ratio: float = float("nan")  # over the draws: exp(mean over draws of the mean NLL difference)
+    low: float = float("nan")
+    high: float = float("nan")
 
     @property
     def b_lower_everywhere(self) -> bool:
-        """B's perplexity is decidedly lower than A's in every draw."""
-        return all(d.verdict == "lower" for d in self.draws)
+        """B is lower over the draws (their interval below 1) and in every draw's own estimate."""
+        return self.high < 1 and all(d.ratio < 1 for d in self.draws)
 
     @property
     def b_higher_everywhere(self) -> bool:
-        return all(d.verdict == "higher" for d in self.draws)
+        return self.low > 1 and all(d.ratio > 1 for d in self.draws)
 
     @property
     def verdict(self) -> str:
+        decided = sum(d.decided for d in self.draws)
         if self.b_lower_everywhere:
-            return f"{self.label_b} lower in every draw"
+            return f"{self.label_b} lower over the draws and in each ({decided} of {len(self.draws)} decided alone)"
         if self.b_higher_everywhere:
-            return f"{self.label_a} lower in every draw"
+            return f"{self.label_a} lower over the draws and in each ({decided} of {len(self.draws)} decided alone)"
         return "not decided across draws"
 
     def __str__(self) -> str:
         spread = lambda v: f"{min(v):.2f}-{max(v):.2f}"  # noqa: E731
         ratios = ", ".join(f"{d.ratio:.3f} [{d.low:.3f}-{d.high:.3f}]" for d in self.draws)
         return (f"{self.label_a} {spread(self.a_values)}, {self.label_b} {spread(self.b_values)} over "
-                f"{len(self.draws)} calibration draws; {self.label_b}/{self.label_a} per draw: {ratios}: "
-                f"{self.verdict}")
+                f"{len(self.draws)} calibration draws; {self.label_b}/{self.label_a} per draw: {ratios}; over the "
+                f"draws {self.ratio:.3f} [{self.low:.3f}-{self.high:.3f}]: {self.verdict}")
 
 
-def compare_over_draws(label_a: str, nll_a: list, label_b: str, nll_b: list) -> DrawComparison:
-    """``nll_a[k]`` and ``nll_b[k]``: per-token NLLs of methods A and B calibrated on draw k."""
+def compare_over_draws(label_a: str, nll_a: list, label_b: str, nll_b: list, resamples: int = RESAMPLES,
+                       level: float = LEVEL) -> DrawComparison:
+    """``nll_a[k]`` and ``nll_b[k]``: per-token NLLs of methods A and B calibrated on draw k,
+    evaluated on the same windows. Over the draws, each bootstrap resample redraws the
+    calibration draws *and* the evaluation blocks, so the interval holds both sources of
+    variance; it is rough with few draws, which is why every draw is also shown alone."""
     if len(nll_a) != len(nll_b) or not nll_a:
         raise ValueError(f"{len(nll_a)} draws of {label_a} and {len(nll_b)} of {label_b}: give both "
                          "methods the same calibration draws (at least one).")
     pairs = tuple(paired_ratio(a, b) for a, b in zip(nll_a, nll_b))
-    return DrawComparison(label_a, label_b, pairs, tuple(p.base for p in pairs), tuple(p.other for p in pairs))
+    sums = np.stack([blocks_of(b.double() - a.double())[0] for a, b in zip(nll_a, nll_b)])  # draws x blocks
+    counts = blocks_of(nll_a[0])[1]
+    rng = np.random.default_rng(SEED)
+    draws = rng.integers(0, sums.shape[0], size=(resamples, sums.shape[0]))
+    blocks = rng.integers(0, sums.shape[1], size=(resamples, sums.shape[1]))
+    means = np.array([sums[d][:, b].sum(axis=1).mean() / counts[b].sum() for d, b in zip(draws, blocks)])
+    tail = (1 - level) / 2
+    low, high = np.exp(np.quantile(means, [tail, 1 - tail]))
+    ratio = float(np.exp(sums.sum(axis=1).mean() / counts.sum()))
+    return DrawComparison(label_a, label_b, pairs, tuple(p.base for p in pairs), tuple(p.other for p in pairs),
+                          ratio, float(low), float(high))
 
 
 # ------------------------------------------------------------------ a median decided as the runs come in

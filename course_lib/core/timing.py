@@ -83,9 +83,20 @@ class Speedup:
             return "slower"
         return "within noise"
 
+    def rules_out(self, bound: float) -> bool:
+        """Not faster, and the paired runs exclude a speedup above ``bound``: even their upper
+        quartile is below it. A wide spread (a loaded machine) rules out nothing."""
+        return self.verdict != "faster" and self.high < bound
+
     def __str__(self) -> str:
         return (f"{self.median:.2f}x (paired runs' IQR {self.low:.2f}x-{self.high:.2f}x, "
                 f"{self.runs} runs): {self.verdict}")
+
+
+# A "not faster" claim must say what it rules out: the upper quartile of the paired ratios
+# stays below this bound. A quarter faster is a speedup anyone would notice; a measurement
+# whose spread reaches beyond it (a noisy machine, too few runs) cannot say "not faster".
+NOT_FASTER_BOUND = 1.25
 
 
 def speedup(baseline: Measurement, other: Measurement) -> Speedup:

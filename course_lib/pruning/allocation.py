@@ -128,18 +128,15 @@ def outlier_shares(model: nn.Module, calib_windows: torch.Tensor, m: float = 5.0
     per_layer = layer_modules(model)
     sq = {name: None for mods in per_layer for name in mods}
     modules = {name: mod for mods in per_layer for name, mod in mods.items()}
-    hooks = []
-    for name, module in modules.items():
-        def hook(_, inputs, name=name):
+
+    def make_hook(name):
+        def hook(_, inputs):
             x = inputs[0].reshape(-1, inputs[0].shape[-1])
             sq[name] = wanda.collect_sq_norms(sq[name], x)
-        hooks.append(module.register_forward_pre_hook(hook))
-    try:
-        for start in range(0, len(calib_windows), batch_size):
-            model(calib_windows[start:start + batch_size], use_cache=False)
-    finally:
-        for h in hooks:
-            h.remove()
+        return hook
+
+    arch.forward_windows(model, calib_windows, batch_size,
+                         pre_hooks={module: make_hook(name) for name, module in modules.items()})
     shares = []
     for mods in per_layer:
         scores = torch.cat([wanda.wanda_scores(arch.weight_matrix(mod), sq[name]).reshape(-1)

@@ -17,7 +17,8 @@ layer ``i`` is calibrated on what the already-pruned layers ``0..i-1`` produce:
    b. ``prune_layer`` gets the layer's groups and edits the weights;
    c. the layer runs again, now pruned, to produce the next layer's inputs;
    groups chosen with ``on_arrival`` are calibrated and pruned only in this
-   second pass, on the input the pruned layer really feeds them.
+   second pass, on the input the pruned layer really feeds them (with several
+   batches, each in a calibration pass of its own first).
 
 Only one layer's inputs are held in memory at a time (plus one batch of work).
 """
@@ -148,7 +149,8 @@ ON_ARRIVAL = ("none", "last", "all")
 def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.Tensor], Any],
          prune_layer: Callable[[int, nn.Module, list[InputGroup]], None], batch_size: int = 8,
          on_arrival: str = "none", return_hidden: bool = False,
-         progress: Callable[[int, int], None] | None = None, handle: PruneHandle | None = None):
+         progress: Callable[[int, int], None] | None = None, handle: PruneHandle | None = None,
+         batched_arrival: bool = False):
     """Calibrate and prune the decoder one layer at a time.
 
     ``collect(stat, x)`` folds a (tokens, in_features) input batch into a statistic
@@ -166,7 +168,10 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
     - ``"all"``: no calibration pass at all (half the compute).
     With ``"last"`` or ``"all"`` all windows go through as one batch (memory for
     every calibration token at once), since a group needs all its inputs before
-    it is pruned.
+    it is pruned. ``batched_arrival=True`` keeps ``batch_size`` windows per batch
+    instead: each arriving group then gets a calibration pass of its own over
+    every batch (the layer runs up to that group once more), so ``collect`` must
+    fold every batch into its statistic, as it does in the calibration pass.
 
     With ``return_hidden`` the last layer's outputs (one tensor per batch) are
     returned, e.g. to compare with a full forward pass. ``progress(index, n_layers)``
@@ -185,7 +190,7 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
     layers = arch.decoder_layers(model)
     group_names = input_groups(model, windows)
     n_dense = {"none": len(group_names), "last": len(group_names) - 1, "all": 0}[on_arrival]
-    if on_arrival != "none":
+    if on_arrival != "none" and not batched_arrival:
         batch_size = windows.shape[0]
     hidden, calls = capture_layer_inputs(model, windows, batch_size)
 
@@ -211,22 +216,29 @@ def _walk_layer(index, layer, hidden, calls, group_names, n_dense, collect, prun
     def run(b, x):
         return _as_tensor(layer(x, *calls[index][b].args, **calls[index][b].kwargs))
 
-    if dense:
-        # a. calibration pass: statistics of each group's input, on the dense layer
+    def calibrate_and_prune(chosen):
+        # a. calibration pass: statistics of each chosen group's input, every batch
         def accumulate(group):
             def hook(_, inputs):
                 group.stat = collect(group.stat, _flat(inputs[0]))
-                if group is dense[-1]:
+                if group is chosen[-1]:
                     raise _Stop  # the rest of the layer is not needed for statistics
             return hook
-        with _pre_hooks([g.modules[0] for g in dense], [accumulate(g) for g in dense]):
+        with _pre_hooks([g.modules[0] for g in chosen], [accumulate(g) for g in chosen]):
             for b, x in enumerate(hidden):
                 try:
                     run(b, x)
                 except _Stop:
                     pass
         # b. prune these groups
-        prune_layer(index, layer, dense)
+        prune_layer(index, layer, chosen)
+
+    if dense:  # on the dense layer
+        calibrate_and_prune(dense)
+    if len(hidden) > 1:  # several batches (batched_arrival): a pass per arriving group, in order
+        for group in arriving:
+            calibrate_and_prune([group])
+        arriving = []
 
     # c. output pass: the pruned layer's outputs are the next layer's inputs
     def prune_on_arrival(group):

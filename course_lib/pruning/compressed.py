@@ -1,32 +1,36 @@
-"""Saving an unstructured sparse model in fewer bytes: the sparse-bitmask layout.
+"""Saving an unstructured sparse model in fewer bytes: the course's bitmask layout.
 
-A 50%-sparse matrix saved densely spends 32 bits on every zero. The bitmask layout
-(the "sparse-bitmask" format of compressed-tensors, which vLLM and llm-compressor
-used for sparse checkpoints) stores, per sparse 2-D weight ``W`` (rows x cols):
+A 50%-sparse matrix saved densely spends 32 bits on every zero. The course's own
+bitmask layout (``FORMAT``, written by ``prune --save --compress`` and
+``runtime.store.save_bitmask``) stores, per sparse 2-D weight ``W`` (rows x cols),
+four tensors in one safetensors file:
 
 - ``NAME.bitmask``: one bit per entry, 1 where ``W`` is non-zero, packed eight to a
-  byte along each row (little bit order): rows x ceil(cols / 8) uint8;
+  byte along each row (bit ``j % 8`` of byte ``j // 8`` is column ``j``):
+  rows x ceil(cols / 8) uint8;
 - ``NAME.compressed``: the non-zero values in row-major order, in ``W``'s dtype;
-- ``NAME.row_offsets``: where each row starts in ``compressed`` (int32);
-- ``NAME.shape``: ``(rows, cols)``.
+- ``NAME.row_offsets``: where each row starts in ``compressed``: rows int32;
+- ``NAME.shape``: ``(rows, cols)`` int32;
+
+where ``NAME`` is the state-dict key (``model.layers.0.mlp.down_proj.weight``). Every
+other tensor (1-D, integer, or not sparse enough to gain) is stored under its own key,
+as it is. The file's metadata says ``compression: FORMAT``.
 
 Cost per entry, fp32, sparsity s: ``1 + 32 (1 - s)`` bits instead of 32, so the file
 shrinks only once s > 1/32 (about 3%), reaches 0.53x of dense at 50% and 0.33x at 70%.
 Decompression scatters ``compressed`` back where the bitmask says: the weights come
 back bit for bit (exact zeros stay zeros, every other value is copied).
 
-compressed-tensors 0.20 keeps this layout's config and its ``pack_bitmasks`` helper
-but no longer ships the compressor, so transformers cannot open such a file by
-itself any more: the course writes and reads it here (the tests check the packing
-against ``compressed_tensors.utils.pack_bitmasks`` when it is installed), and
-``io.load_pruned`` rebuilds the dense model from it.
+Only the course reads this file (``io.load_pruned`` rebuilds the dense model from it):
+no other tool or serving runtime does. It is about bytes on disk, not speed: loading
+gives back dense matrices, which run exactly as long as before.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-FORMAT = "sparse-bitmask"
+FORMAT = "course-bitmask-v1"
 SUFFIXES = (".bitmask", ".compressed", ".row_offsets", ".shape")
 
 

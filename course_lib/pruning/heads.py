@@ -26,17 +26,15 @@ model as it is now (after an earlier removal, heads are renumbered 0..n-1).
 """
 from __future__ import annotations
 
-import operator
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from typing import Callable
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from ..core import arch, metrics
+from ..core import arch, data, metrics
+from .slicing import block_indices, check_request, current_kept, record_kept, slice_linear
 from .undo import PruneHandle, restoring_on_error
 
 # Which heads/neurons of the *original* model a layer still has. Written by the
@@ -46,61 +44,6 @@ KEPT_HEADS_ATTR = "course_kept_heads"
 
 
 # ---------------------------------------------------------------- validation --
-
-def _as_index(value, what: str) -> int:
-    """An int index (Python or numpy/torch integer), refusing floats and bools."""
-    if isinstance(value, bool):
-        raise TypeError(f"{what} {value!r} is a bool; give an integer index.")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"{what} {value!r} is not an integer index "
-                        f"(got {type(value).__name__}); give a whole number, e.g. 0.") from None
-
-
-def check_request(model: nn.Module, request, unit: str,
-                  count_of: Callable[[int], int]) -> dict[int, list[int]]:
-    """Validate ``{layer: [indices]}`` and return it with sorted int lists.
-
-    ``unit`` ("head", "neuron") and ``count_of(layer) -> how many exist`` make the
-    error messages concrete. Empty lists are allowed (nothing to do there).
-    """
-    if not isinstance(request, Mapping):
-        raise TypeError(f"{unit}s must be given as {{layer_index: [{unit} indices]}}, "
-                        f"e.g. {{0: [1, 2]}}; got {type(request).__name__}.")
-    n_layers = len(arch.decoder_layers(model))
-    clean: dict[int, list[int]] = {}
-    for raw_layer, raw_indices in request.items():
-        layer = _as_index(raw_layer, "layer index")
-        if not 0 <= layer < n_layers:
-            raise ValueError(f"layer {layer} does not exist: the model has {n_layers} decoder "
-                             f"layers; use a layer index in 0..{n_layers - 1} (negative indices "
-                             "are not accepted).")
-        if layer in clean:
-            raise ValueError(f"layer {layer} appears twice in the request; merge its lists.")
-        if isinstance(raw_indices, (torch.Tensor, np.ndarray)):
-            raw_indices = raw_indices.tolist()
-        if isinstance(raw_indices, (str, bytes)) or not isinstance(raw_indices, (Sequence, set, frozenset)):
-            raise TypeError(f"layer {layer}: expected a list of {unit} indices, "
-                            f"got {type(raw_indices).__name__} {raw_indices!r}; write a list, "
-                            f"e.g. {{{layer}: [0, 1]}}.")
-        n = count_of(layer)
-        seen: set[int] = set()
-        for raw in raw_indices:
-            i = _as_index(raw, f"{unit} index")
-            if i < 0:
-                raise ValueError(f"layer {layer}: {unit} index {i} is negative; use an index "
-                                 f"in 0..{n - 1} ({unit}s are counted from 0 in this layer).")
-            if i >= n:
-                raise ValueError(f"layer {layer}: {unit} index {i} is out of range; this layer "
-                                 f"has {n} {unit}s: use indices in 0..{n - 1}.")
-            if i in seen:
-                raise ValueError(f"layer {layer}: {unit} index {i} is listed twice; "
-                                 "give each index once.")
-            seen.add(i)
-        clean[layer] = sorted(seen)
-    return clean
-
 
 def _check_heads(model: nn.Module, heads) -> dict[int, list[int]]:
     return check_request(model, heads, "head", lambda i: arch.attention_shape(model, i).n_heads)
@@ -152,64 +95,8 @@ def _check_removable(model: nn.Module, layer: int, removed: list[int]) -> None:
             f"Nearest valid choices: {_gqa_suggestion(removed, shape.n_heads, g)}.")
 
 
-# -------------------------------------------------------------- slicing kit --
-
-def _rows(indices: Sequence[int], size: int, device) -> torch.Tensor:
-    """Positions of blocks ``indices`` of width ``size``: [i*size, ..., i*size+size-1, ...]."""
-    idx = torch.as_tensor(list(indices), dtype=torch.long, device=device)
-    return (idx[:, None] * size + torch.arange(size, device=device)).reshape(-1)
-
-
-@torch.no_grad()
-def slice_linear(module: nn.Module, keep_out: torch.Tensor | None = None,
-                 keep_in: torch.Tensor | None = None) -> nn.Module:
-    """A new, smaller copy of a Linear/Conv1D holding only the kept outputs/inputs.
-
-    ``keep_out`` / ``keep_in`` are index tensors (None keeps all). The bias
-    belongs to the outputs, so it follows ``keep_out``. The original module is
-    left untouched (the handle swaps it back on restore).
-    """
-    weight = arch.weight_matrix(module)  # (out, in), whatever the storage
-    if keep_out is not None:
-        weight = weight.index_select(0, keep_out.to(weight.device))
-    if keep_in is not None:
-        weight = weight.index_select(1, keep_in.to(weight.device))
-    bias = module.bias
-    if bias is not None:
-        bias = bias.data if keep_out is None else bias.data.index_select(0, keep_out.to(bias.device))
-    out_features, in_features = weight.shape
-    trainable = module.weight.requires_grad
-    if isinstance(module, Conv1D):
-        new = Conv1D(out_features, in_features)
-        new.weight = nn.Parameter(weight.t().contiguous().clone(), requires_grad=trainable)
-        new.bias = nn.Parameter(bias.clone(), requires_grad=trainable)
-    elif isinstance(module, nn.Linear):
-        new = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
-        new.weight = nn.Parameter(weight.contiguous().clone(), requires_grad=trainable)
-        if bias is not None:
-            new.bias = nn.Parameter(bias.clone(), requires_grad=trainable)
-    else:
-        raise TypeError(f"cannot slice {type(module).__name__}: only nn.Linear and Conv1D.")
-    new.train(module.training)
-    return new
-
-
 def _out_proj(model: nn.Module, attn: nn.Module) -> nn.Module:
     return attn.c_proj if arch.family(model) == "gpt2" else attn.o_proj
-
-
-def _current_kept(module: nn.Module, attr: str, n: int) -> list[int]:
-    """Original indices this module still holds (all of them before any removal)."""
-    kept = getattr(module, attr, None)
-    return list(range(n)) if kept is None else list(kept)
-
-
-def record_kept(handle: PruneHandle, module: nn.Module, attr: str, kept: list[int]) -> None:
-    """Remember (undoably) which original heads/neurons a module keeps."""
-    if not hasattr(module, attr):
-        # PruneHandle.set_attr needs an old value to put back: None = "nothing removed".
-        setattr(module, attr, None)
-    handle.set_attr(module, attr, kept)
 
 
 # ------------------------------------------------------------------ zeroing --
@@ -239,7 +126,7 @@ def zero_heads(model: nn.Module, heads, also_queries: bool = False) -> PruneHand
             d = arch.attention_shape(model, layer).head_dim
             out_proj = _out_proj(model, attn)
             handle.save_tensor(out_proj.weight.data)
-            cols = _rows(chosen, d, out_proj.weight.device)
+            cols = block_indices(chosen, d, out_proj.weight.device)
             arch.weight_matrix(out_proj)[:, cols] = 0  # Conv1D: a transposed view, writes through
             if also_queries:
                 q = attn.c_attn if arch.family(model) == "gpt2" else attn.q_proj
@@ -261,7 +148,7 @@ def _remove_gpt2(attn: nn.Module, keep: list[int], d: int, handle: PruneHandle) 
     # head_dim-wide heads. Keep the same heads in all three blocks.
     width = attn.split_size
     device = attn.c_attn.weight.device
-    head_cols = _rows(keep, d, device)
+    head_cols = block_indices(keep, d, device)
     qkv_cols = torch.cat([head_cols, head_cols + width, head_cols + 2 * width])
     handle.set_attr(attn, "c_attn", slice_linear(attn.c_attn, keep_out=qkv_cols))
     handle.set_attr(attn, "c_proj", slice_linear(attn.c_proj, keep_in=head_cols))
@@ -281,7 +168,7 @@ def _remove_llama(attn: nn.Module, keep: list[int], group: int, d: int,
     # A KV head survives while at least one query head of its group does.
     keep_kv = sorted({h // group for h in keep})
     device = attn.q_proj.weight.device
-    q_rows, kv_rows = _rows(keep, d, device), _rows(keep_kv, d, device)
+    q_rows, kv_rows = block_indices(keep, d, device), block_indices(keep_kv, d, device)
     handle.set_attr(attn, "q_proj", slice_linear(attn.q_proj, keep_out=q_rows))
     handle.set_attr(attn, "k_proj", slice_linear(attn.k_proj, keep_out=kv_rows))
     handle.set_attr(attn, "v_proj", slice_linear(attn.v_proj, keep_out=kv_rows))
@@ -317,7 +204,7 @@ def remove_heads(model: nn.Module, heads) -> PruneHandle:
             attn = arch.attention(layers[layer])
             dropped = set(chosen)
             keep = [h for h in range(shape.n_heads) if h not in dropped]
-            original = _current_kept(attn, KEPT_HEADS_ATTR, shape.n_heads)
+            original = current_kept(attn, KEPT_HEADS_ATTR, shape.n_heads)
             if arch.family(model) == "gpt2":
                 _remove_gpt2(attn, keep, shape.head_dim, handle)
             else:
@@ -358,15 +245,6 @@ def head_importance_weight_norm(model: nn.Module) -> np.ndarray:
     return _per_layer_table(rows)
 
 
-def _windows_tensor(windows) -> torch.Tensor:
-    if isinstance(windows, torch.Tensor):
-        return windows
-    if hasattr(windows, "calib") and hasattr(windows, "eval"):
-        raise TypeError("got a Windows object: pass windows.calib (score on calibration text, "
-                        "as the course protocol does) or windows.eval explicitly.")
-    raise TypeError(f"windows must be a LongTensor (n_windows, seq_len), got {type(windows).__name__}.")
-
-
 def head_importance_ablation(model: nn.Module, windows: torch.Tensor,
                              batch_size: int = 4) -> np.ndarray:
     """Perplexity increase when each head alone is zeroed (layers x heads).
@@ -375,7 +253,7 @@ def head_importance_ablation(model: nn.Module, windows: torch.Tensor,
     restored before the next: slow on big models, but it asks the model itself.
     Negative values mean the model does (slightly) better without that head.
     """
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     base = metrics.perplexity(model, windows, batch_size)
     rows = []
     for layer in range(len(arch.decoder_layers(model))):
@@ -400,10 +278,10 @@ def head_importance_contribution(model: nn.Module, windows: torch.Tensor,
     One forward pass for all heads: nearly as cheap as the weight norm, but it
     sees the activations (a head with small weights can still speak loudly).
     """
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     layers = arch.decoder_layers(model)
     totals = [None] * len(layers)
-    hooks = []
+    hooks = {}
     for index, block in enumerate(layers):
         out_proj = _out_proj(model, arch.attention(block))
         shape = arch.attention_shape(model, index)
@@ -415,15 +293,8 @@ def head_importance_contribution(model: nn.Module, windows: torch.Tensor,
             share = torch.einsum("thd,ohd->tho", x, blocks).norm(dim=-1).sum(0)
             totals[index] = share if totals[index] is None else totals[index] + share
 
-        hooks.append(out_proj.register_forward_pre_hook(record))
-    try:
-        device = next(model.parameters()).device
-        for start in range(0, windows.shape[0], batch_size):
-            model(windows[start:start + batch_size].to(device), use_cache=False)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    tokens = windows.numel()
+        hooks[out_proj] = record
+    tokens = arch.forward_windows(model, windows, batch_size, pre_hooks=hooks)
     return _per_layer_table([(t / tokens).tolist() for t in totals])
 
 

@@ -49,7 +49,7 @@ from .undo import PruneHandle
 FORMAT = "course-pruned-v1"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
-SPARSE_WEIGHTS = "model.sparse-bitmask.safetensors"
+SPARSE_WEIGHTS = "model.bitmask.safetensors"  # the course's own layout (pruning.compressed)
 TOKENIZER = "tokenizer"
 
 # config keys that must agree between the saved model and the base reloaded by name
@@ -250,6 +250,15 @@ def uniform_shapes(model: nn.Module) -> dict:
             "mlp_width": widths[0]}
 
 
+def standard_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be written as a standard checkpoint (``uniform_shapes``' reason), or None."""
+    try:
+        uniform_shapes(model)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
 def standard_config(model: nn.Module):
     """A copy of ``model.config`` describing the pruned shapes (raises if layers differ)."""
     shapes = uniform_shapes(model)
@@ -346,8 +355,13 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
     """``(model, tokenizer)`` from a ``save_pruned`` folder, identical to what was saved."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    if manifest.get("compression") not in (None, compressed.FORMAT):
+        raise ValueError(f"{folder}: its weights are stored as {manifest['compression']!r}, a layout this "
+                         f"version of the course does not read (it writes {compressed.FORMAT!r}): "
+                         "prune and save the model again.")
     if manifest.get("standard"):
         return _load_standard(folder, manifest, device, attn_implementation)
+    models.check_safetensors(folder / manifest["weights"])
     model, tokenizer = models.load(
         manifest["base_model"], device=device, dtype=getattr(torch, manifest["dtype"]),
         attn_implementation=attn_implementation or manifest.get("attn_implementation"))
@@ -388,12 +402,14 @@ def load_pruned(folder, device: str | None = None, attn_implementation: str | No
 
 def _load_standard(folder: Path, manifest: dict, device, attn_implementation):
     """A standard checkpoint with its manifest: from_pretrained, strictly, plus the course's records."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    hf = models.quiet_transformers()
+    AutoModelForCausalLM, AutoTokenizer = hf.AutoModelForCausalLM, hf.AutoTokenizer
 
     from .heads import KEPT_HEADS_ATTR
     from .mlp import KEPT_NEURONS_ATTR
 
     device = device or models.default_device()
+    models.check_safetensors(folder)
     model, info = AutoModelForCausalLM.from_pretrained(
         folder, dtype=getattr(torch, manifest["dtype"]), output_loading_info=True,
         attn_implementation=attn_implementation or manifest.get("attn_implementation"))

@@ -14,8 +14,9 @@ Which layers? Two scores, both measured on calibration text:
   points where its input pointed mostly rescales the stream; removing it changes
   little. One forward pass scores every layer.
 - **perplexity when skipped** (the costly reference): run the model once per layer
-  with that layer replaced by the identity and record the perplexity increase.
-  ``L`` forward passes, but it measures exactly what we care about.
+  with that layer replaced by the identity (``with skipping(model, [l]):``) and
+  record the perplexity increase. ``L`` evaluations, but it measures exactly what
+  we care about.
 
 ``least_important_layers`` picks the ``k`` lowest-scoring layers; ``contiguous_block``
 picks the ``k`` consecutive layers whose summed score is lowest (the "deeper layers
@@ -31,7 +32,7 @@ After ``remove_layers`` the model is a normal, smaller model:
   renumbered ``0..L-k-1``: the KV cache is a list indexed by ``layer_idx``, and a
   stale index would make ``generate()`` read another layer's keys, or find an
   empty slot 0 and restart the positions;
-- ``save_pretrained`` writes it and a plain ``AutoModelForCausalLM.from_pretrained``
+- ``io.export_pretrained`` writes it and a plain ``AutoModelForCausalLM.from_pretrained``
   loads it back, no course code needed.
 
 Every change goes through a ``PruneHandle``: ``restore()`` puts the original
@@ -40,14 +41,12 @@ layer list, indices and config back, bit for bit.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..core import arch, metrics
-from .heads import _windows_tensor
+from ..core import arch, data
 from .undo import PruneHandle, restoring_on_error
 
 KEPT_LAYERS_ATTR = "course_kept_layers"
@@ -124,23 +123,6 @@ def remove_layers(model: nn.Module, layers: Sequence[int]) -> PruneHandle:
     return handle
 
 
-def save_pretrained(model: nn.Module, folder, tokenizer=None) -> Path:
-    """``model.save_pretrained(folder)`` for a depth-pruned model (plain transformers format).
-
-    A model loaded straight from a GGUF keeps a quantizer record that makes
-    ``save_pretrained`` refuse; its weights are already float, so the record is dropped.
-    """
-    folder = Path(folder)
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    return folder
-
-
 # --------------------------------------------------------------- importance --
 
 def _hidden_in(args, kwargs) -> torch.Tensor:
@@ -154,11 +136,10 @@ def _hidden_out(output) -> torch.Tensor:
 @torch.no_grad()
 def block_influence(model: nn.Module, windows, batch_size: int = 4) -> torch.Tensor:
     """Per layer, ``1 - mean cos(h_in, h_out)`` over every calibration token (higher = more important)."""
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     arch.check_token_ids(model, windows, "the calibration windows")
     layers = arch.decoder_layers(model)
     sums = torch.zeros(len(layers), dtype=torch.float64)
-    tokens = 0
 
     def make_hook(i):
         def hook(module, args, kwargs, output):
@@ -167,17 +148,8 @@ def block_influence(model: nn.Module, windows, batch_size: int = 4) -> torch.Ten
             sums[i] += (1 - cos).double().sum().cpu()
         return hook
 
-    hooks = [layer.register_forward_hook(make_hook(i), with_kwargs=True)
-             for i, layer in enumerate(layers)]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            model(batch, use_cache=False)
-            tokens += batch.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = arch.forward_windows(model, windows, batch_size,
+                                  kwargs_hooks={layer: make_hook(i) for i, layer in enumerate(layers)})
     return (sums / tokens).float()
 
 
@@ -209,20 +181,6 @@ def skipping(model: nn.Module, layers: Sequence[int]):
                 del stack[i].forward
             else:
                 stack[i].forward = old
-
-
-@torch.no_grad()
-def skip_perplexity(model: nn.Module, windows, batch_size: int = 4) -> torch.Tensor:
-    """Per layer, the perplexity with that one layer skipped (the costly reference score).
-
-    Subtract the dense perplexity for "the increase when skipped"; ranking is the same.
-    """
-    windows = _windows_tensor(windows)
-    out = []
-    for i in range(len(arch.decoder_layers(model))):
-        with skipping(model, [i]):
-            out.append(metrics.perplexity(model, windows, batch_size=batch_size))
-    return torch.tensor(out)
 
 
 def least_important_layers(scores, k: int) -> list[int]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from ..core import arch, metrics
 from ..core.cancel import checkpoint
+from ..core.names import parse_pattern  # noqa: F401 (re-exported: masks.parse_pattern)
 from .undo import PruneHandle, restoring_on_error
 
 SCOPES = ("row", "matrix", "global")
@@ -52,28 +53,6 @@ def check_scope(scope: str) -> str:
         raise ValueError(f"scope={scope!r} is not known: choose one of {', '.join(map(repr, SCOPES))} "
                          "(compare weights within each output row, within each matrix, or across all).")
     return scope
-
-
-def parse_pattern(pattern) -> tuple[int, int] | None:
-    """``"2:4"`` or ``(2, 4)`` -> ``(2, 4)``: keep N of every M consecutive weights. ``None`` -> ``None``."""
-    if pattern is None:
-        return None
-    if isinstance(pattern, str):
-        parts = pattern.replace(" ", "").split(":")
-        if len(parts) != 2 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"pattern={pattern!r} is not of the form 'N:M' with two whole numbers, "
-                             "e.g. '2:4' (keep 2 of every 4 consecutive weights).")
-        n, m = int(parts[0]), int(parts[1])
-    elif isinstance(pattern, (tuple, list)) and len(pattern) == 2:
-        if not all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in pattern):
-            raise ValueError(f"pattern={pattern!r}: N and M must be whole numbers, e.g. (2, 4).")
-        n, m = int(pattern[0]), int(pattern[1])
-    else:
-        raise TypeError(f"pattern={pattern!r}: pass a string like '2:4' or a pair like (2, 4).")
-    if not 0 < n < m:
-        raise ValueError(f"pattern={pattern!r}: need 0 < N < M (N weights kept of every M), "
-                         f"got N={n}, M={m}. Use e.g. '2:4' (keep 2 of every 4).")
-    return n, m
 
 
 def check_pattern_fits(name: str, in_features: int, pattern: tuple[int, int]) -> None:

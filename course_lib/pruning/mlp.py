@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core import arch
-from .heads import _current_kept, _rows, _windows_tensor, check_request, record_kept, slice_linear
+from ..core import arch, data
+from .slicing import block_indices, check_request, current_kept, record_kept, slice_linear
 from .undo import PruneHandle, restoring_on_error
 
 KEPT_NEURONS_ATTR = "course_kept_neurons"
@@ -91,8 +91,8 @@ def remove_neurons(model: nn.Module, neurons) -> PruneHandle:
             width = arch.mlp_width(model, layer)
             dropped = set(chosen)
             keep = [j for j in range(width) if j not in dropped]
-            original = _current_kept(block, KEPT_NEURONS_ATTR, width)
-            idx = _rows(keep, 1, _down(model, block).weight.device)
+            original = current_kept(block, KEPT_NEURONS_ATTR, width)
+            idx = block_indices(keep, 1, _down(model, block).weight.device)
             if arch.family(model) == "gpt2":
                 handle.set_attr(block, "c_fc", slice_linear(block.c_fc, keep_out=idx))
                 handle.set_attr(block, "c_proj", slice_linear(block.c_proj, keep_in=idx))
@@ -141,10 +141,9 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
     ``h`` it reads (after the activation and, for Llama, the gate product).
     Multiply by ``W_down``'s column norms for a Wanda-like score.
     """
-    windows = _windows_tensor(windows)
+    windows = data.windows_tensor(windows)
     layers = arch.decoder_layers(model)
     sums = [None] * len(layers)
-    tokens = 0
 
     def make_hook(i):
         def hook(module, args):
@@ -153,17 +152,8 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
             sums[i] = total if sums[i] is None else sums[i] + total
         return hook
 
-    hooks = [_down(model, arch.mlp(block)).register_forward_pre_hook(make_hook(i))
-             for i, block in enumerate(layers)]
-    device = next(model.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            model(batch, use_cache=False)
-            tokens += batch.numel()
-    finally:
-        for h in hooks:
-            h.remove()
+    tokens = arch.forward_windows(model, windows, batch_size, pre_hooks={
+        _down(model, arch.mlp(block)): make_hook(i) for i, block in enumerate(layers)})
     return [(s / tokens).cpu() for s in sums]
 
 
@@ -197,6 +187,47 @@ def least_important_neurons(scores, fraction: float, per_layer: bool = True) -> 
                 left[layer] -= 1
                 target -= 1
     return {layer: sorted(ix) for layer, ix in chosen.items() if ix}
+
+
+def parameters_per_neuron(model: nn.Module, layer: int = 0) -> int:
+    """Parameters one neuron of ``layer`` holds: its row (and bias) in every matrix that
+    produces it, its column in the matrix that reads it (3 x hidden for a gated MLP)."""
+    width = arch.mlp_width(model, layer)
+    count = 0
+    for module in arch.mlp(arch.decoder_layers(model)[layer]).modules():
+        if not arch.is_linear(module):
+            continue
+        out_features, in_features = arch.weight_matrix(module).shape
+        if out_features == width:  # produces the neurons: a row each, and a bias entry
+            count += in_features + (1 if getattr(module, "bias", None) is not None else 0)
+        elif in_features == width:  # reads them: a column each
+            count += out_features
+    return count
+
+
+def neurons_for_parameters(model: nn.Module, scores, parameters: int) -> dict[int, list[int]]:
+    """A ``{layer: [neurons]}`` request that removes ``parameters`` parameters (or the nearest
+    count below, whole neurons), spread over the layers as evenly as whole neurons allow.
+
+    For comparisons at an exactly equal budget (width against depth): the neuron count is
+    ``parameters // parameters_per_neuron``; each layer takes the same share, and the few
+    left over go to the layers whose next neuron scores lowest. In every layer, the
+    lowest-scoring neurons go.
+    """
+    per = {i: parameters_per_neuron(model, i) for i in range(len(arch.decoder_layers(model)))}
+    if len(set(per.values())) != 1:
+        raise ValueError("neurons_for_parameters needs every layer's neurons to hold the same parameter "
+                         f"count; this model's differ ({sorted(set(per.values()))}).")
+    total = parameters // next(iter(per.values()))
+    scores = [torch.as_tensor(np.asarray(s), dtype=torch.float64).reshape(-1) for s in scores]
+    order = [torch.argsort(s, stable=True) for s in scores]
+    base, extra = divmod(total, len(scores))
+    if base + (extra > 0) >= min(s.numel() for s in scores):
+        raise ValueError(f"{parameters} parameters are {total} neurons, more than the layers can give "
+                         "while each keeps one: ask for fewer.")
+    next_score = torch.tensor([float(s[o[base]]) for s, o in zip(scores, order)])
+    lucky = set(torch.argsort(next_score, stable=True)[:extra].tolist())
+    return {layer: sorted(o[:base + (layer in lucky)].tolist()) for layer, o in enumerate(order)}
 
 
 def kept_neurons(model: nn.Module) -> dict[int, list[int] | None]:

@@ -23,7 +23,9 @@ Undo stays exact without keeping the originals in memory: the prune handle
 remembers where each weight's original lives (the map entry pointing at the
 checkpoint file, or the overwritten ``.dat`` kept under another name) and puts
 that back; while a layer is materialized the handle makes no copy of it either
-(``PruneHandle.kept_elsewhere``).
+(``PruneHandle.kept_elsewhere``). Nothing stays behind on disk: ``restore`` moves
+each backup back in place (and deletes a ``.dat`` whose original is the
+checkpoint), ``make_permanent`` deletes the backups.
 Peak memory is then one layer's weights, its calibration activations, and
 whatever was never offloaded (embeddings, head), instead of the whole model.
 Two details keep it so in practice (bench/results.md, "Pruning beyond memory"):
@@ -33,7 +35,6 @@ freed (without both, the heap grew by about the decoder's size over one walk).
 """
 from __future__ import annotations
 
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -146,6 +147,13 @@ def _write_dat(value: torch.Tensor, key: str, folder: Path, index: dict) -> None
     os.replace(staging / f"{key}.dat", folder / f"{key}.dat")
 
 
+def _backup_name(folder: Path, key: str) -> Path:
+    """``key.dat.undo-N``, N one more than any backup of ``key`` still there (some may be gone)."""
+    taken = [int(p.name.rsplit("-", 1)[1]) for p in folder.glob(f"{key}.dat.undo-*")
+             if p.name.rsplit("-", 1)[1].isdigit()]
+    return folder / f"{key}.dat.undo-{max(taken, default=-1) + 1}"
+
+
 def _store(weights_map, name: str, value: torch.Tensor, handle: PruneHandle | None) -> None:
     """Write ``value`` where the map reads ``name`` from; remember how to put the original back."""
     import os
@@ -159,16 +167,23 @@ def _store(weights_map, name: str, value: torch.Tensor, handle: PruneHandle | No
         dat = folder / f"{key}.dat"
         backup = None
         if "safetensors_file" not in old_info and dat.exists():  # an earlier .dat: keep it
-            backup = folder / f"{key}.dat.undo-{len(list(folder.glob(f'{key}.dat.undo-*')))}"
+            backup = _backup_name(folder, key)
             os.replace(dat, backup)  # a rename: an open map of it still reads the same bytes
         _write_dat(value, key, folder, dataset.index)
-        if handle is not None:
-            def undo(index=dataset.index, key=key, old_info=old_info, backup=backup, dat=dat):
-                if backup is not None:
-                    shutil.copyfile(backup, dat.with_name(dat.name + ".restoring"))
-                    os.replace(dat.with_name(dat.name + ".restoring"), dat)
-                index[key] = old_info
-            handle.on_restore(undo)
+        if handle is None:  # nothing will ever restore it
+            if backup is not None:
+                backup.unlink()
+            return
+
+        def undo(index=dataset.index, key=key, old_info=old_info, backup=backup, dat=dat):
+            if backup is not None:
+                os.replace(backup, dat)  # the earlier .dat back in place, and no copy left
+            else:  # the original is the checkpoint's: this prune's .dat goes
+                dat.unlink(missing_ok=True)
+            index[key] = old_info
+        handle.on_restore(undo)
+        if backup is not None:
+            handle.on_permanent(lambda backup=backup: backup.unlink(missing_ok=True))
         return
     from accelerate.utils.offload import OffloadedWeightsLoader
 
@@ -239,8 +254,10 @@ def load_offloaded(folder, offload_folder, device: str = "cpu", dtype=torch.floa
     Each layer is read from ``folder``'s safetensors when a forward (or the
     calibration walk) needs it; pruned layers are written to ``offload_folder``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from ..core.models import quiet_transformers
 
+    hf = quiet_transformers()
+    AutoConfig, AutoModelForCausalLM, AutoTokenizer = hf.AutoConfig, hf.AutoModelForCausalLM, hf.AutoTokenizer
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(
         folder, dtype=dtype, device_map=decoder_device_map(config, "disk", device),

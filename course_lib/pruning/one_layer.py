@@ -25,11 +25,13 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 def module_inputs(model: nn.Module, module: nn.Module, windows: torch.Tensor) -> torch.Tensor:
     """The inputs ``module`` sees when the model reads ``windows``, as (tokens, in_features)."""
     seen = []
-    hook = module.register_forward_pre_hook(lambda _, args: seen.append(args[0].reshape(-1, args[0].shape[-1])))
-    try:
-        model(windows.to(next(model.parameters()).device), use_cache=False)
-    finally:
-        hook.remove()
+
+    def record(_, args):
+        seen.append(args[0].reshape(-1, args[0].shape[-1]))
+        raise arch.StopForward  # the layers after this one are not needed
+
+    # every window in one batch, as the lesson's stored errors were measured
+    arch.forward_windows(model, windows, max(len(windows), 1), pre_hooks={module: record})
     return torch.cat(seen).float()
 
 

@@ -8,7 +8,8 @@ A pruning function records what it is about to change in a ``PruneHandle``
   Linear into a layer, changing ``num_key_value_groups``): the old value is kept.
 
 ``handle.restore()`` puts everything back in reverse order; ``handle.make_permanent()``
-drops the copies (frees memory; no way back after that).
+drops the copies (frees memory, and the disk an offloaded prune's backups took; no way
+back after that).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ class PruneHandle:
         self._attrs: list[tuple[Any, str, Any]] = []
         self._seen: set[tuple] = set()
         self._undos: list = []  # callables that put back what no tensor copy holds (offloaded weights)
+        self._releases: list = []  # callables that drop what only a restore would need (backup files)
         self._elsewhere: set[int] = set()  # storages whose originals are kept outside (offload store)
         self.permanent = False
         self.info: dict[str, Any] = {}  # what was pruned (masks, kept indices...), for reports
@@ -71,6 +73,10 @@ class PruneHandle:
         """Call ``undo()`` on restore (after the tensors and attributes, in reverse order)."""
         self._undos.append(undo)
 
+    def on_permanent(self, release) -> None:
+        """Call ``release()`` when the prune is made permanent (delete what only ``restore`` needed)."""
+        self._releases.append(release)
+
     def set_attr(self, obj: Any, name: str, value: Any) -> None:
         """``setattr(obj, name, value)``, remembering the old value (or that there was none)."""
         self._attrs.append((obj, name, getattr(obj, name, _MISSING)))
@@ -95,6 +101,8 @@ class PruneHandle:
 
     def make_permanent(self) -> None:
         """Forget the originals: the pruned model is now the model."""
+        for release in self._releases:
+            release()
         self._clear()
         self.permanent = True
 
@@ -103,6 +111,7 @@ class PruneHandle:
         self._attrs.clear()
         self._seen.clear()
         self._undos.clear()
+        self._releases.clear()
         self._elsewhere.clear()
 
     def __repr__(self) -> str:

@@ -17,6 +17,13 @@ same text, other positions) *and* on a held-out text of another kind (Python
 source); a recovery that helps the first and hurts the second is learning the
 calibration text, not repairing the model.
 
+Zeros stay zeros: every decoder weight that is exactly zero when training starts
+(the weights an unstructured prune or a head/neuron zeroing removed) is set back to
+zero after each optimizer step, so distillation recovers what the remaining weights
+can do instead of quietly refilling the pruned ones (which would undo the sparsity
+a sparse kernel or a sparse file relies on). A dense model's few exact zeros
+(leftovers of its quantized original) are held too: a negligible restriction.
+
 The student is trained in place: the returned handle holds a copy of every
 trained parameter, and ``restore()`` puts them back bit for bit.
 """
@@ -30,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core import metrics
+from ..core import arch, metrics
 from ..pruning.undo import PruneHandle
 
 
@@ -65,6 +72,31 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return out
 
 
+def zero_masks(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(weight, where it is exactly zero) for every decoder matrix that holds a zero.
+
+    Where: a boolean mask, or the flat positions when zeros are rare (8 bytes each
+    instead of 1 per weight: a dense model's few zeros cost next to nothing).
+    """
+    out = []
+    for module in arch.prunable_linears(model).values():
+        zeros = module.weight.detach() == 0
+        count = int(zeros.sum())
+        if count:
+            out.append((module.weight, zeros if 8 * count > zeros.numel() else zeros.view(-1).nonzero()[:, 0]))
+    return out
+
+
+@torch.no_grad()
+def hold_zeros(zeros: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    """Set every weight listed by ``zero_masks`` back to zero."""
+    for weight, where in zeros:
+        if where.dtype == torch.bool:
+            weight.masked_fill_(where, 0)
+        else:
+            weight.view(-1).index_fill_(0, where, 0)
+
+
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(teacher || student), in nats."""
     s = F.log_softmax(student_logits.float(), dim=-1).reshape(-1, student_logits.shape[-1])
@@ -75,12 +107,15 @@ def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch
 def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: int = 40,
            lr: float = 5e-5, batch_size: int = 4, eval_windows: torch.Tensor | None = None,
            heldout_windows: torch.Tensor | None = None, eval_every: int = 10,
-           weight_decay: float = 0.0, quiet: bool = False, seed: int = 0) -> tuple[PruneHandle, DistilReport]:
+           weight_decay: float = 0.0, quiet: bool = False, seed: int = 0,
+           keep_zeros: bool = True) -> tuple[PruneHandle, DistilReport]:
     """Train ``student`` in place to match ``teacher`` on ``calib``; returns ``(handle, report)``.
 
     Each step takes ``batch_size`` calibration windows in turn (cycling). With
     ``eval_windows`` / ``heldout_windows``, perplexity is measured before the first
-    step, every ``eval_every`` steps and after the last.
+    step, every ``eval_every`` steps and after the last. ``keep_zeros`` (default):
+    decoder weights that are zero now stay zero (see the module docstring);
+    ``False`` lets them train too.
     """
     if student is teacher:
         raise ValueError("student and teacher are the same object: keep a dense copy "
@@ -93,6 +128,7 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
         raise ValueError("distil needs calibration windows: a (n, seq_len) tensor of token ids "
                          "(windows.calib, with n_calib > 0).")
     params = trainable_parameters(student)
+    zeros = zero_masks(student) if keep_zeros else []
     handle = PruneHandle("distillation")
     for p in params:
         handle.save_tensor(p.data)
@@ -139,6 +175,7 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            hold_zeros(zeros)  # pruned weights stay pruned
             train_seconds += time.perf_counter() - t0
             bar.set_postfix(kl=f"{loss.item():.4f}")
             if step % eval_every == 0 or step == steps:
@@ -154,5 +191,5 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
     report.seconds = time.perf_counter() - started
     report.train_seconds = train_seconds
     handle.info = {"kind": "distil", "steps": steps, "lr": lr, "batch_size": batch_size,
-                   "history": report.history}
+                   "history": report.history, "zeros_kept": sum(int(w.sum()) if w.dtype == torch.bool else w.numel() for _, w in zeros)}
     return handle, report

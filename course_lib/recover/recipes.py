@@ -12,22 +12,10 @@ import torch
 from torch import nn
 
 from ..core import arch
+from ..core.names import DEFAULT_STEPS, RECOVERY, check_recovery  # noqa: F401 (re-exported)
 from ..pruning.undo import PruneHandle
 from . import distil as D
 from . import repair as R
-
-RECOVERY = ("none", "refit", "distil")
-DEFAULT_STEPS = 20
-
-
-def check_recovery(recover: str, steps: int = DEFAULT_STEPS) -> str:
-    if recover not in RECOVERY:
-        raise ValueError(f"--recover {recover!r} is not known: choose one of {', '.join(RECOVERY)} "
-                         "(refit: closed-form repair of the output projections, seconds; distil: "
-                         "refit, then KL distillation from the dense model for --steps steps).")
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"--steps {steps!r}: give a whole number of distillation steps >= 0.")
-    return recover
 
 
 def can_refit(pruned: nn.Module, dense: nn.Module) -> bool:

@@ -137,20 +137,14 @@ def collect(pruned: nn.Module, dense: nn.Module, windows: torch.Tensor, names=No
             targets[name] = y.reshape(-1, y.shape[-1])
         return hook
 
-    hooks = [p_mods[n].register_forward_pre_hook(grab_input(n)) for n in names]
-    hooks += [d_mods[n].register_forward_hook(grab_target(n)) for n in names]
-    device = next(pruned.parameters()).device
-    try:
-        for start in range(0, windows.shape[0], batch_size):
-            batch = windows[start:start + batch_size].to(device)
-            dense(batch, use_cache=False)
-            pruned(batch, use_cache=False)
-            for n in names:
-                batch_stat = _statistics(inputs.pop(n), targets.pop(n))
-                stats[n] = batch_stat if n not in stats else stats[n].add(batch_stat)
-    finally:
-        for h in hooks:
-            h.remove()
+    def fold():
+        for n in names:
+            batch_stat = _statistics(inputs.pop(n), targets.pop(n))
+            stats[n] = batch_stat if n not in stats else stats[n].add(batch_stat)
+
+    arch.forward_windows(pruned, windows, batch_size, paired=dense, after_batch=fold,
+                         pre_hooks={p_mods[n]: grab_input(n) for n in names},
+                         hooks={d_mods[n]: grab_target(n) for n in names})
     return stats
 
 
@@ -193,6 +187,12 @@ def dense_targets(dense: nn.Module, windows: torch.Tensor, names, which=("mlp", 
     return {n: torch.cat(parts) for n, parts in out.items()}
 
 
+def _gather(seen: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """The walk's ``collect`` for the refit: every batch's inputs, in window order (they pair
+    with the dense targets token by token, and the last windows are held out)."""
+    return x if seen is None else torch.cat([seen, x])
+
+
 def _statistics(h: torch.Tensor, y: torch.Tensor) -> Statistics:
     h, y = h.double(), y.double().to(h.device)
     return Statistics(h.T @ h, y.T @ h, float((y * y).sum()), h.shape[0])
@@ -200,7 +200,8 @@ def _statistics(h: torch.Tensor, y: torch.Tensor) -> Statistics:
 
 @torch.no_grad()
 def refit(pruned: nn.Module, dense: nn.Module, windows: torch.Tensor, damp: float = 0.1,
-          names=None, which=("mlp", "attn"), batch_size: int = 4, check_fraction: float = 0.25) -> PruneHandle:
+          names=None, which=("mlp", "attn"), batch_size: int = 4, check_fraction: float = 0.25,
+          walk_batch_size: int | None = None) -> PruneHandle:
     """Refit the output projections of ``pruned`` to match ``dense`` on ``windows``; in place.
 
     Layer by layer, in the order the model runs them (the calibration walk of
@@ -215,12 +216,19 @@ def refit(pruned: nn.Module, dense: nn.Module, windows: torch.Tensor, damp: floa
     (the last ones; at least one when there are 4 or more) is then kept out of
     the fit, and a projection is refit only if the refit lowers the error on
     *both* the windows it was fit on and the windows kept out.
+    ``walk_batch_size``: windows per batch in the walk (default: all of them in one
+    batch; fewer hold fewer activations at once, and each projection's inputs are
+    gathered batch by batch before it is refit).
     Returns the undo handle; ``handle.info["errors"]`` has each projection's
     calibration error before and after (on the inputs it was fit to), and whether
     the refit was kept.
     """
     if not damp > 0:
         raise ValueError(f"damp={damp}: the ridge damping must be > 0 (0.01 is a good start).")
+    if walk_batch_size is not None and (isinstance(walk_batch_size, bool) or not isinstance(walk_batch_size, int)
+                                        or walk_batch_size < 1):
+        raise ValueError(f"walk_batch_size={walk_batch_size!r}: give a whole number of windows >= 1, "
+                         "or None for all of them in one batch.")
     names = changed_projections(pruned, dense, which) if names is None else list(names)
     windows = calibrate.check_windows(windows, pruned)
     n_check = int(windows.shape[0] * check_fraction) if windows.shape[0] >= 4 else 0
@@ -256,7 +264,8 @@ def refit(pruned: nn.Module, dense: nn.Module, windows: torch.Tensor, damp: floa
                     W.copy_(new.to(W.dtype))  # Conv1D: a transposed view, writes through
 
     with restoring_on_error(handle):
-        calibrate.walk(pruned, windows, lambda _, x: x, refit_groups, on_arrival="all")
+        calibrate.walk(pruned, windows, _gather, refit_groups, on_arrival="all",
+                       batch_size=walk_batch_size or windows.shape[0], batched_arrival=True)
     handle.info = {"kind": "refit", "damp": damp, "errors": errors, "fit_windows": n_fit,
                    "check_windows": n_check}
     return handle

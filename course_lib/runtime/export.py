@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import arch
 from .optional import require
 
 LOGIT_TOLERANCE = 1e-3  # max |ORT - PyTorch| / max |PyTorch logits| accepted for float32 exports
@@ -57,17 +58,20 @@ class _Step(nn.Module):
     With an empty past (length 0) it is the prefill; with the previous call's
     presents and one new token it is a decode step. Positions and the all-ones
     mask are computed from tensor shapes, so the traced graph stays dynamic.
+    Every layer keeps its whole past, sliding-window layers (Gemma3) included: the
+    model's own sliding mask hides what lies beyond the window, and every layer's
+    past has the same length, from which the positions are counted.
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.layers = model.config.num_hidden_layers
+        self.layers = len(arch.decoder_layers(model))
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache()  # full layers: a sliding layer's cache would drop its oldest keys
         for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
         mask = torch.cat([torch.ones_like(past[0][:, 0, :, 0], dtype=torch.long),
@@ -81,11 +85,14 @@ class _Step(nn.Module):
         return (out.logits, *presents)
 
 
-def kv_shape(model: nn.Module) -> tuple[int, int, int]:
-    """(layers, KV heads, head_dim) of the cache tensors."""
-    config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return config.num_hidden_layers, config.num_key_value_heads, head_dim
+def kv_shapes(model: nn.Module) -> list[tuple[int, int]]:
+    """Per decoder layer, ``(KV heads, head_dim)`` of its cache tensors, read from the weights.
+
+    Not from the config: GPT-2's has no ``num_key_value_heads``, and after
+    ``remove_heads`` the layers may keep different numbers of KV heads.
+    """
+    shapes = [arch.attention_shape(model, i) for i in range(len(arch.decoder_layers(model)))]
+    return [(shape.n_kv_heads, shape.head_dim) for shape in shapes]
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = 18) -> Path:
@@ -101,10 +108,13 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = 18) -> Path:
     require("onnx", what="export to ONNX")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    layers, kv_heads, head_dim = kv_shape(model)
+    shapes = kv_shapes(model)
+    layers = len(shapes)
     device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)
-    past = [torch.zeros(1, kv_heads, 3, head_dim, device=device) for _ in range(2 * layers)]
+    past = [torch.zeros(1, kv_heads, 3, head_dim, device=device, dtype=dtype)
+            for kv_heads, head_dim in shapes for _ in ("key", "value")]
     past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
     present_names = [f"present_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
     axes = {"input_ids": {0: "batch", 1: "tokens"}, "logits": {0: "batch", 1: "tokens"},
@@ -149,11 +159,12 @@ class OrtModel:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         self.past_names = [i.name for i in inputs[1:]]
-        shape = inputs[1].shape  # [batch, kv_heads, past, head_dim]
-        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        # per input [batch, kv_heads, past, head_dim]: the layers may differ (heads removed)
+        self.past_shapes = {i.name: (int(i.shape[1]), int(i.shape[3])) for i in inputs[1:]}
+        self.past_dtype = np.float16 if inputs[1].type == "tensor(float16)" else np.float32
 
     def empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+        return {n: np.zeros((batch, heads, 0, dim), self.past_dtype) for n, (heads, dim) in self.past_shapes.items()}
 
     def step(self, ids: np.ndarray, past: dict[str, np.ndarray]):
         """One call: (logits, the new past as a feed dict)."""
@@ -164,16 +175,24 @@ class OrtModel:
         ids = np.ascontiguousarray(input_ids.detach().cpu().numpy().astype(np.int64))
         return torch.from_numpy(self.step(ids, self.empty_past(ids.shape[0]))[0])
 
+    def greedy(self, input_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """``(batch, new_tokens)`` greedy tokens after the prompts ``input_ids`` (one length, no
+        padding), the cache kept in ONNX Runtime: one prefill, then one step per token."""
+        if new_tokens < 1:
+            raise ValueError(f"new_tokens={new_tokens}: generate at least one token.")
+        ids = np.ascontiguousarray(input_ids.detach().cpu().numpy().astype(np.int64))
+        logits, past = self.step(ids, self.empty_past(ids.shape[0]))
+        tokens = []
+        for i in range(new_tokens):
+            token = logits[:, -1].argmax(-1).reshape(-1, 1).astype(np.int64)
+            tokens.append(token)
+            if i + 1 < new_tokens:  # the last token needs no step of its own
+                logits, past = self.step(token, past)
+        return torch.from_numpy(np.concatenate(tokens, axis=1))
+
     def generate(self, input_ids: torch.Tensor, new_tokens: int) -> list[int]:
         """Greedy decoding of ``new_tokens`` tokens after ``input_ids`` (batch 1), cache in ORT."""
-        ids = np.ascontiguousarray(input_ids.detach().cpu().numpy().astype(np.int64))
-        logits, past = self.step(ids, self.empty_past(1))
-        tokens = []
-        for _ in range(new_tokens):
-            token = logits[:, -1].argmax(-1).reshape(1, 1).astype(np.int64)
-            tokens.append(int(token[0, 0]))
-            logits, past = self.step(token, past)
-        return tokens
+        return self.greedy(input_ids[:1], new_tokens)[0].tolist()
 
     def decode_workload(self, context: int = 32, new_tokens: int = 16, vocab: int | None = None,
                         seed: int = 0):

@@ -13,13 +13,16 @@ run*, so the ratios are paired, not copied from another day:
   (``timing.speedup``);
 - decode latency per token with the KV cache (``speed.decode_workloads``, and
   ``OrtModel.decode_workload`` for a session), interleaved the same way;
-- bytes of the stage's file on disk, read from the file system (``metrics.file_bytes``).
+- bytes of the stage's file on disk, read from the file system (``metrics.file_bytes``);
+- greedy tokens per second of dense and shipped at batch 1 and 8 (``serve.throughput``:
+  whole generations, interleaved the same way).
 
 The stages themselves come from the course's own modules: the structured prune is
-lesson 4's (the same fraction of MLP neurons from every layer, chosen per layer by
-activation on calibration text: a uniform cut, so the result is a standard
-checkpoint), the recovery is ``recover.repair.refit`` (the projections whose input
-narrowed, refitted layer by layer to the dense outputs), the PyTorch int8 stage is
+lesson 4's by default (the same fraction of MLP neurons from every layer, chosen per
+layer by activation on calibration text: a uniform cut, so the result is a standard
+checkpoint; ``heads`` and ``layers`` cut heads or whole layers instead, by their own
+data-aware scores, ``recipes.SCORES``), the recovery is ``recover.repair.refit`` (the
+projections whose input narrowed, refitted layer by layer to the dense outputs), the PyTorch int8 stage is
 ``quantize.quantized_copy`` with the projections of largest activation outliers
 kept in float, and the runtime is ``export`` (ONNX, ONNX Runtime, ``MatMulNBits``).
 """
@@ -35,12 +38,14 @@ import torch
 from torch import nn
 
 from ..core import data, metrics, timing
-from ..pruning import mlp, recipes
+from ..core.names import STRUCTURED, check_recipe
+from ..pruning import io, recipes
 from ..recover import repair
-from . import export, quantize, speed, store
+from ..recover.recipes import can_refit
+from . import export, quantize, serve, speed, store
 
-DEFAULT_FRACTION = 0.1875  # MLP neurons removed per layer: lesson 6's choice on SmolLM2 (its quality budget)
-DEFAULT_KEEP_FLOAT = 8  # projections with the largest activation outliers kept float in PyTorch int8
+RECIPES = STRUCTURED  # the structured cut: every layer's heads or MLP neurons, or whole layers
+SERVED = ("dense", "shipped")  # the stages whose greedy tokens/s is measured
 
 
 @dataclass
@@ -54,31 +59,53 @@ class StageResult:
     disk_bytes: int
     seconds: float  # time to make this stage from the one before it
     note: str = ""
+    tokens_per_s: dict | None = None  # batch size -> greedy tokens per second (served stages only)
+    measurements: dict = field(default_factory=dict, repr=False)  # "prefill"/"decode" -> Measurement
+
+    def speedup_over(self, other: "StageResult", kind: str = "prefill") -> timing.Speedup:
+        """This stage against another of the same measurement (paired: one interleaved call)."""
+        return timing.speedup(other.measurements[kind], self.measurements[kind])
 
     def as_dict(self) -> dict:
+        served = None if self.tokens_per_s is None else {
+            f"batch_{batch}": round(rate, 2) for batch, rate in self.tokens_per_s.items()}
         return {"stage": self.stage, "perplexity": round(self.perplexity, 3),
                 "prefill_speedup": round(self.prefill_speedup.median, 3),
                 "decode_speedup": round(self.decode_speedup.median, 3),
-                "disk_bytes": int(self.disk_bytes), "seconds": round(self.seconds, 2), "note": self.note}
+                "disk_bytes": int(self.disk_bytes), "seconds": round(self.seconds, 2), "note": self.note,
+                "tokens_per_s": served}
 
 
 def table(rows: list[StageResult]) -> str:
-    """The stage table as aligned text (speedups: paired median, interquartile range)."""
-    lines = [f"{'stage':<15}{'perplexity':>11}{'prefill':>20}{'decode':>20}{'disk MB':>9}{'made in':>9}"]
+    """The stage table as aligned text (speedups: paired median, interquartile range; tokens/s by batch)."""
+    batches = sorted({b for r in rows for b in (r.tokens_per_s or {})})
+    lines = [f"{'stage':<15}{'perplexity':>11}{'prefill':>20}{'decode':>20}{'disk MB':>9}{'made in':>9}"
+             + "".join(f"{f'tok/s b{b}':>11}" for b in batches)]
     for r in rows:
         pre = f"{r.prefill_speedup.median:.2f}x ({r.prefill_speedup.low:.2f}-{r.prefill_speedup.high:.2f})"
         dec = f"{r.decode_speedup.median:.2f}x ({r.decode_speedup.low:.2f}-{r.decode_speedup.high:.2f})"
+        served = "".join(f"{r.tokens_per_s[b]:>11.1f}" if r.tokens_per_s and b in r.tokens_per_s else f"{'-':>11}"
+                         for b in batches)
         lines.append(f"{r.stage:<15}{r.perplexity:>11.2f}{pre:>20}{dec:>20}{r.disk_bytes / 1e6:>9.1f}"
-                     f"{r.seconds:>8.1f}s")
+                     f"{r.seconds:>8.1f}s{served}")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------ the stages
-def structured_prune(model: nn.Module, calib: torch.Tensor, fraction: float = DEFAULT_FRACTION) -> nn.Module:
-    """A copy of ``model`` with ``fraction`` of every layer's MLP neurons removed (lowest activation)."""
-    scores = mlp.neuron_importance_activation(model, calib)
+def structured_prune(model: nn.Module, calib: torch.Tensor, fraction: float,
+                     recipe: str = "mlp") -> nn.Module:
+    """A copy of ``model`` with ``fraction`` of every layer's MLP neurons (``recipe="mlp"``) or heads
+    (``"heads"``; GQA: the same number from every group), or of the layers (``"layers"``), removed,
+    chosen by the data-aware score on ``calib`` (``recipes.prune_with``).
+
+    What ships must be a checkpoint of the model's own family, so a cut its config cannot
+    describe (heads removed from a GPT-2) is refused with the reason (``io.standard_problem``).
+    """
     pruned = copy.deepcopy(model)
-    mlp.remove_neurons(pruned, recipes.uniform_neurons_request(pruned, fraction, scores=scores))
+    recipes.prune_with(pruned, check_recipe(recipe), fraction, calib=calib)
+    problem = io.standard_problem(pruned)
+    if problem:
+        raise ValueError(f"the {recipe} recipe cannot ship {type(model).__name__}: {problem}")
     return pruned
 
 
@@ -90,14 +117,40 @@ def recovered_copy(pruned: nn.Module, dense: nn.Module, calib: torch.Tensor) -> 
 
 
 def fingerprint(model: nn.Module) -> str:
-    """A short hash of the weights and their shapes: the name of a cached export."""
-    digest = hashlib.sha1()
+    """The name of a cached export: a hash of everything the exported file depends on.
+
+    Every byte of every tensor of the state dict (with its name, dtype and shape; a
+    tied tensor is hashed once and its second name recorded as an alias), the model's
+    class and config, and the exporter: the source of ``runtime.export`` (its settings:
+    opset, traced attention, dynamic axes) and the versions of torch, transformers,
+    onnx and onnxscript. Two models that differ anywhere, even in one bit of one
+    weight, never share a cached file; hashing ~0.5 GB takes about a second, a small
+    part of an export.
+    """
+    import importlib.metadata
+
+    digest = hashlib.sha256()
+    digest.update(type(model).__name__.encode())
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(Path(export.__file__).read_bytes())
+    for package in ("torch", "transformers", "onnx", "onnxscript"):
+        try:
+            digest.update(f"{package}={importlib.metadata.version(package)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{package}=absent".encode())
+    first_name: dict[tuple, str] = {}
     with torch.no_grad():
-        for name, p in model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(str(tuple(p.shape)).encode())
-            digest.update(p.detach().float().flatten()[:: max(1, p.numel() // 4096)].cpu().numpy().tobytes())
-    return digest.hexdigest()[:12]
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            storage = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                       tuple(tensor.shape), tuple(tensor.stride()))
+            if storage in first_name:
+                digest.update(f"={first_name[storage]}".encode())
+                continue
+            first_name[storage] = name
+            data = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(data.view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
 
 
 def _written_beside(target: Path, write) -> Path:
@@ -150,11 +203,14 @@ def latencies(stages: dict, vocab: int, tokens: int = 128, runs: int = 5, decode
 
 
 def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | None = None,
-            notes: dict | None = None, perplexities: dict | None = None, **timing_options) -> list[StageResult]:
+            notes: dict | None = None, perplexities: dict | None = None, served=SERVED,
+            batches=serve.SERVE_BATCHES, **timing_options) -> list[StageResult]:
     """Every stage against ``stages["dense"]``: one ``StageResult`` per stage, in order.
 
     ``files[stage]``: the file (or folder) that ships the stage; ``perplexities``:
-    figures already measured on ``windows`` (the rest are measured here).
+    figures already measured on ``windows`` (the rest are measured here); ``served``:
+    the stages whose greedy tokens per second is measured at each of ``batches``
+    (``serve.throughput``: a ``decode_context``-token prompt, ``decode_tokens`` new tokens).
     """
     if "dense" not in stages:
         raise ValueError(f"stages {list(stages)} have no 'dense': every ratio is to the dense model.")
@@ -165,10 +221,17 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
     for label, stage in stages.items():
         if label not in ppl:
             ppl[label] = perplexity(stage, windows)
-    prefill, decode = latencies(stages, stages["dense"].config.vocab_size, **timing_options)
+    vocab = stages["dense"].config.vocab_size
+    prefill, decode = latencies(stages, vocab, **timing_options)
+    serving = serve.throughput({label: stages[label] for label in served if label in stages}, vocab, batches,
+                               prompt_tokens=timing_options.get("decode_context", 32),
+                               new_tokens=timing_options.get("decode_tokens", 16),
+                               runs=timing_options.get("decode_runs", 3), threads=timing_options.get("threads", 2))
     return [StageResult(label, ppl[label], timing.speedup(prefill["dense"], prefill[label]),
                         timing.speedup(decode["dense"], decode[label]), metrics.file_bytes(files[label]),
-                        seconds.get(label, 0.0), notes.get(label, ""))
+                        seconds.get(label, 0.0), notes.get(label, ""),
+                        {b: serving[b].tokens_per_s(label) for b in serving} if label in served else None,
+                        {"prefill": prefill[label], "decode": decode[label]})
             for label in stages]
 
 
@@ -182,24 +245,30 @@ class Shipped:
     files: dict = field(repr=False)
 
 
-def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float = DEFAULT_FRACTION,
-        keep_float: int = DEFAULT_KEEP_FLOAT, bits: int = 8, recover: bool = True, log=print,
-        **timing_options) -> Shipped:
+def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float,
+        keep_float: int, bits: int = 8, recover: bool = True, log=print,
+        recipe: str = "mlp", **timing_options) -> Shipped:
     """Dense -> pruned -> recovered -> int8 (PyTorch) -> ONNX Runtime -> shipped (ONNX Runtime, ``bits``).
 
+    ``fraction``: of every layer's MLP neurons or heads, or of the layers, removed; ``keep_float``:
+    how many projections (largest activation outliers first) stay float in the PyTorch int8 stage.
     ``model`` is never changed (every stage is a copy). Files go to ``folder``.
+    ``recipe``: the structured cut (``RECIPES``); after whole layers are removed
+    there is no layer left to refit, so no recovered stage.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stages, seconds, notes = {"dense": model}, {}, {"dense": "float32 PyTorch"}
 
     started = time.perf_counter()
-    stages["pruned"] = structured_prune(model, windows.calib, fraction)
+    stages["pruned"] = structured_prune(model, windows.calib, fraction, recipe)
     seconds["pruned"] = time.perf_counter() - started
-    notes["pruned"] = f"{fraction:.2%} of every layer's MLP neurons removed (activation)"
+    unit = {"mlp": "every layer's MLP neurons", "heads": "every layer's heads", "layers": "the layers"}[recipe]
+    notes["pruned"] = (f"{recipes.achieved(model, stages['pruned'], recipe):.2%} of {unit} removed "
+                       f"({recipes.check_score(recipe)})")
     log(f"pruned in {seconds['pruned']:.1f} s")
     last = stages["pruned"]
-    if recover:
+    if recover and can_refit(last, model):
         started = time.perf_counter()
         stages["recovered"] = last = recovered_copy(last, model, windows.calib)
         seconds["recovered"] = time.perf_counter() - started
@@ -229,7 +298,7 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
              "pruned": store.save_safetensors(stages["pruned"], folder / "pruned.safetensors"),
              "int8 (PyTorch)": store.save_torch(stages["int8 (PyTorch)"], folder / "int8.pt"),
              "ONNX Runtime": fp32_file, "shipped": nbits_file}
-    if recover:
+    if "recovered" in stages:
         files["recovered"] = store.save_safetensors(stages["recovered"], folder / "recovered.safetensors")
     rows = measure(stages, files, windows.eval, seconds, notes, **timing_options)
     return Shipped(rows, stages, files)

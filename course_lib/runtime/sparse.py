@@ -7,6 +7,13 @@ in. Sparse kernels pay for indexing, so they only win at high sparsity:
 ``sparse_layer_ratios`` measures the break-even. 2:4 semi-structured sparsity
 has hardware support on GPUs from Ampere on (compute capability >= 8.0,
 ``to_semi_structured``); torch has no CPU kernel for it.
+
+BSR stores whole ``b x b`` blocks. A pruned model's widths are rarely round
+(SmolLM2 with 18.75% of its neurons removed: 1248; a Llama-shaped stand-in: 688),
+so the block side is chosen to fit (``blocksize_for``: the largest of 32, 16, 8
+dividing both sides of every matrix) and, where none does, the matrix is padded
+with zero rows and columns to whole blocks: the padding is multiplied by zero
+inputs and its outputs are dropped, so the result is the unpadded product.
 """
 from __future__ import annotations
 
@@ -25,6 +32,8 @@ from ..pruning.undo import PruneHandle, restoring_on_error
 from .speed import SpeedComparison, ideal_speedup, measure_speedup, nonzero_flops_per_token
 
 LAYOUTS = ("csr", "bsr")
+BLOCK = 32  # the BSR block side tried first
+SMALLEST_BLOCK = 8  # below this, pad to BLOCK instead: tiny blocks index almost every weight
 
 # ============================================================ sparse kernels on CPU
 
@@ -38,7 +47,7 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                 layout: str = "csr", blocksize: int = 32):
+                 layout: str = "csr", blocksize: int | None = None):
         super().__init__()
         layout = check_layout(layout)
         if weight.dim() != 2:
@@ -46,10 +55,11 @@ class SparseLinear(nn.Module):
                              f"{tuple(weight.shape)}.")
         self.out_features, self.in_features = weight.shape
         self.layout = layout
-        self.blocksize = blocksize if layout == "bsr" else None
         dense = weight.detach()
+        self.blocksize = None
         if layout == "bsr":
-            check_blocks(tuple(dense.shape), blocksize)
+            self.blocksize = blocksize = check_blocks(blocksize, [tuple(dense.shape)])
+            dense = _padded(dense, blocksize)  # zero rows/columns up to whole blocks, if needed
         with warnings.catch_warnings():  # "sparse CSR support is in beta": known, and it works
             warnings.simplefilter("ignore", UserWarning)
             if layout == "csr":
@@ -61,7 +71,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @classmethod
-    def from_module(cls, module: nn.Module, layout: str = "csr", blocksize: int = 32) -> "SparseLinear":
+    def from_module(cls, module: nn.Module, layout: str = "csr", blocksize: int | None = None) -> "SparseLinear":
         """From an nn.Linear or GPT-2 Conv1D (whose weight is stored transposed)."""
         if not arch.is_linear(module):
             raise TypeError(f"cannot make a SparseLinear from {type(module).__name__}: "
@@ -70,15 +80,21 @@ class SparseLinear(nn.Module):
         return cls(arch.weight_matrix(module), bias, layout, blocksize)
 
     def density(self) -> float:
-        """Stored values / (out x in): non-zeros for CSR, whole stored blocks for BSR."""
-        return self.weight.values().numel() / (self.out_features * self.in_features)
+        """Stored values / matrix size: non-zeros for CSR, whole stored blocks for BSR (padded size)."""
+        rows, cols = self.weight.shape
+        return self.weight.values().numel() / (rows * cols)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, this layer expects {self.in_features}.")
         lead = x.shape[:-1]
         flat = x.reshape(-1, self.in_features)
+        rows, cols = self.weight.shape
+        if cols > self.in_features:  # a padded BSR weight: zero inputs meet its padding columns
+            flat = F.pad(flat, (0, cols - self.in_features))
         out = torch.sparse.mm(self.weight, flat.t()).t()  # (tokens, out)
+        if rows > self.out_features:
+            out = out[:, :self.out_features]
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(*lead, self.out_features)
@@ -97,28 +113,32 @@ def check_layout(layout: str) -> str:
     return layout
 
 
-def check_blocks(shape: tuple[int, int], blocksize: int, name: str = "weight") -> None:
-    if blocksize < 1 or shape[0] % blocksize or shape[1] % blocksize:
-        raise ValueError(f"{name} of shape {shape} cannot be cut into {blocksize}x{blocksize} blocks: "
-                         f"both dimensions must be multiples of the blocksize. Choose a blocksize "
-                         f"dividing {shape[0]} and {shape[1]} (or use layout='csr').")
+def blocksize_for(shapes, wanted: int = BLOCK) -> int:
+    """The BSR block side for matrices of ``shapes``: the largest of ``wanted``, ``wanted/2``, ...
+    down to ``SMALLEST_BLOCK`` that divides both sides of every one; ``wanted`` if none does
+    (the matrices are then padded to whole blocks)."""
+    b = wanted
+    while b >= SMALLEST_BLOCK:
+        if all(rows % b == 0 and cols % b == 0 for rows, cols in shapes):
+            return b
+        b //= 2
+    return wanted
 
 
-@torch.no_grad()
-def sparse_swap_error(model: nn.Module, ids: torch.Tensor, layout: str = "csr", blocksize: int = 32,
-                      names: Iterable[str] | None = None) -> float:
-    """Max |logit difference| between ``model`` and the same model with sparse modules swapped in.
+def check_blocks(blocksize: int | None, shapes) -> int:
+    """``blocksize`` validated (a whole number >= 1), or ``blocksize_for(shapes)`` when None."""
+    if blocksize is None:
+        return blocksize_for(shapes)
+    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
+        raise ValueError(f"blocksize={blocksize!r}: give a whole number of rows and columns per block, "
+                         f"e.g. {BLOCK} (or None to fit the matrices' shapes).")
+    return blocksize
 
-    The correctness check before trusting any sparse timing: a kernel that is
-    fast but wrong is worthless. The swap is undone before returning.
-    """
-    reference = model(ids, use_cache=False).logits
-    handle = to_sparse_modules(model, layout, blocksize, names)
-    try:
-        swapped = model(ids, use_cache=False).logits
-    finally:
-        handle.restore()
-    return float((swapped - reference).abs().max())
+
+def _padded(weight: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """``weight`` with zero rows and columns appended up to whole ``blocksize`` blocks."""
+    rows, cols = weight.shape
+    return F.pad(weight, (0, -cols % blocksize, 0, -rows % blocksize))
 
 
 def mlp_linear_names(model: nn.Module) -> list[str]:
@@ -133,13 +153,14 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 @torch.no_grad()
-def to_sparse_modules(model: nn.Module, layout: str = "csr", blocksize: int = 32,
+def to_sparse_modules(model: nn.Module, layout: str = "csr", blocksize: int | None = None,
                       names: Iterable[str] | None = None) -> PruneHandle:
     """Swap decoder Linear/Conv1D layers for ``SparseLinear`` copies; ``.restore()`` swaps back.
 
     ``names``: full module names (default: every prunable decoder matrix; see
     ``mlp_linear_names`` for the MLP only). Prune first -- converting a dense
     weight gives a sparse tensor holding every value, which is only slower.
+    ``blocksize`` (BSR): None fits the named matrices (``blocksize_for``).
     """
     layout = check_layout(layout)
     modules = arch.prunable_linears(model)
@@ -148,8 +169,8 @@ def to_sparse_modules(model: nn.Module, layout: str = "csr", blocksize: int = 32
         if name not in modules:
             raise KeyError(f"'{name}' is not a prunable decoder Linear/Conv1D of this model; "
                            f"names look like '{next(iter(modules))}'.")
-        if layout == "bsr":
-            check_blocks(tuple(arch.weight_matrix(modules[name]).shape), blocksize, name)
+    if layout == "bsr":
+        blocksize = check_blocks(blocksize, _shapes(modules, names))
     handle = PruneHandle(f"to {layout}")
     densities = {}
     with restoring_on_error(handle):
@@ -163,23 +184,32 @@ def to_sparse_modules(model: nn.Module, layout: str = "csr", blocksize: int = 32
     return handle
 
 
-def block_magnitude_mask(weight: torch.Tensor, sparsity: float, blocksize: int = 32) -> torch.Tensor:
+def _shapes(modules: dict, names) -> list[tuple[int, int]]:
+    return [tuple(arch.weight_matrix(modules[name]).shape) for name in names]
+
+
+def block_magnitude_mask(weight: torch.Tensor, sparsity: float, blocksize: int | None = None) -> torch.Tensor:
     """Keep-mask zeroing whole ``blocksize`` x ``blocksize`` blocks, those of smallest L2 norm.
 
     BSR only skips *blocks* that are entirely zero. Unstructured zeros at 90%
     leave almost every 32x32 block with some non-zero (0.9^1024 ~ 0), so BSR
-    needs its zeros pruned in blocks.
+    needs its zeros pruned in blocks. (A matrix that is no whole number of blocks
+    is cut as if padded with zeros, the blocks SparseLinear stores; a part block is
+    scored by the mean square of its real weights, so the padding does not make it
+    look weak.)
     """
     sparsity = check_sparsity(sparsity)
     rows, cols = weight.shape
-    check_blocks((rows, cols), blocksize)
-    blocks = weight.float().reshape(rows // blocksize, blocksize, cols // blocksize, blocksize)
-    norms = blocks.pow(2).sum(dim=(1, 3))  # (row blocks, col blocks)
+    blocksize = check_blocks(blocksize, [(rows, cols)])
+    padded = _padded(weight.float(), blocksize)
+    shape = (padded.shape[0] // blocksize, blocksize, padded.shape[1] // blocksize, blocksize)
+    real = _padded(torch.ones(rows, cols), blocksize).reshape(shape).sum(dim=(1, 3))
+    norms = padded.reshape(shape).pow(2).sum(dim=(1, 3)) / real  # (row blocks, col blocks)
     keep = topk_mask(norms, sparsity, "matrix")
-    return keep.repeat_interleave(blocksize, 0).repeat_interleave(blocksize, 1)
+    return keep.repeat_interleave(blocksize, 0).repeat_interleave(blocksize, 1)[:rows, :cols]
 
 
-def prune_for_layout(weight: torch.Tensor, sparsity: float, layout: str, blocksize: int = 32) -> torch.Tensor:
+def prune_for_layout(weight: torch.Tensor, sparsity: float, layout: str, blocksize: int | None = None) -> torch.Tensor:
     """Keep-mask that suits ``layout``: per-row magnitude for CSR, block magnitude for BSR."""
     if check_layout(layout) == "csr":
         return topk_mask(weight.abs(), sparsity, "row")
@@ -188,16 +218,18 @@ def prune_for_layout(weight: torch.Tensor, sparsity: float, layout: str, blocksi
 
 @torch.no_grad()
 def prune_for_sparse_kernels(model: nn.Module, sparsity: float, layout: str = "csr",
-                             blocksize: int = 32, names: Iterable[str] | None = None) -> PruneHandle:
+                             blocksize: int | None = None, names: Iterable[str] | None = None) -> PruneHandle:
     """Magnitude-prune the named layers (default: the MLP) in the pattern ``layout`` can skip."""
     from ..pruning.masks import apply_masks
 
     modules = arch.prunable_linears(model)
     names = mlp_linear_names(model) if names is None else list(names)
+    if check_layout(layout) == "bsr":
+        blocksize = check_blocks(blocksize, _shapes(modules, names))  # the block to_sparse_modules fits
     masks = {n: prune_for_layout(arch.weight_matrix(modules[n]), sparsity, layout, blocksize)
              for n in names}
     handle = apply_masks(model, masks, f"{layout} magnitude {sparsity:.0%}", keep_masks=False)
-    handle.info.update(layout=layout, requested=sparsity)
+    handle.info.update(layout=layout, requested=sparsity, blocksize=blocksize if layout == "bsr" else None)
     return handle
 
 
@@ -239,7 +271,7 @@ def break_even(sparsities: Sequence[float], speedups: Sequence[float]) -> float 
 
 
 def sparse_layer_ratios(weight: torch.Tensor, sparsities: Sequence[float], tokens: int = 128,
-                        layouts: Sequence[str] = LAYOUTS, blocksize: int = 32, runs: int = 20,
+                        layouts: Sequence[str] = LAYOUTS, blocksize: int | None = None, runs: int = 20,
                         warmup: int = 3, threads: int | None = 2) -> SparseCurve:
     """Dense time / sparse time of one (out, in) matrix times ``tokens`` inputs, per sparsity.
 
@@ -249,6 +281,7 @@ def sparse_layer_ratios(weight: torch.Tensor, sparsities: Sequence[float], token
     interleaved with each sparse layout.
     """
     weight = weight.detach().float()
+    blocksize = check_blocks(blocksize, [tuple(weight.shape)])
     x = torch.randn(tokens, weight.shape[1], generator=torch.Generator().manual_seed(0))
     speedups: dict[str, list[float]] = {layout: [] for layout in layouts}
     used = threads
@@ -267,7 +300,7 @@ def sparse_layer_ratios(weight: torch.Tensor, sparsities: Sequence[float], token
 
 
 def sparse_model_ratios(model: nn.Module, sparsities: Sequence[float], layouts: Sequence[str] = LAYOUTS,
-                        tokens: int = 128, blocksize: int = 32, names: Iterable[str] | None = None,
+                        tokens: int = 128, blocksize: int | None = None, names: Iterable[str] | None = None,
                         runs: int = 5, warmup: int = 2, threads: int | None = 2,
                         on_result: Callable[[str, float, SpeedComparison], None] | None = None) -> SparseCurve:
     """The whole model: dense prefill time / time with sparse ``names`` layers (default: the MLP).
@@ -277,6 +310,7 @@ def sparse_model_ratios(model: nn.Module, sparsities: Sequence[float], layouts: 
     ``on_result(layout, sparsity, comparison)`` receives each full comparison.
     """
     names = mlp_linear_names(model) if names is None else list(names)
+    blocksize = check_blocks(blocksize, _shapes(arch.prunable_linears(model), names))
     twin = copy.deepcopy(model)
     speedups: dict[str, list[float]] = {layout: [] for layout in layouts}
     ideals = []

@@ -25,6 +25,18 @@ from ..pruning.undo import PruneHandle
 
 # ============================================================ ideal vs measured
 
+# Two-sided: a measured speedup may exceed its FLOPs ideal a little (a smaller matrix can
+# fit a faster cache level; norms and activations shrink with the widths too), but not by
+# more than a quarter. Beyond that the measurement is an error -- a stall during the dense
+# runs, another process -- to be re-measured, never reported as a speedup.
+PLAUSIBLE_MARGIN = 1.25
+
+
+def plausible(measured: float, ideal: float, margin: float = PLAUSIBLE_MARGIN) -> bool:
+    """A measured speedup within ``margin`` x its ideal (physics allows no more)."""
+    return measured <= ideal * margin
+
+
 def ideal_speedup(dense_flops: Flops, pruned_flops: Flops) -> float:
     """Dense FLOPs / pruned FLOPs: the speedup if time were proportional to FLOPs.
 
@@ -80,10 +92,23 @@ class SpeedComparison:
     batch: int = 1
     measurements: dict = field(default_factory=dict, repr=False)
 
+    remeasured: int = 0
+
     @property
     def efficiency(self) -> float:
         """Measured / ideal prefill speedup (1.0: every FLOP saved became time saved)."""
         return self.prefill_speedup / self.ideal_speedup
+
+    @property
+    def plausible(self) -> bool:
+        """The measured prefill speedup is within ``PLAUSIBLE_MARGIN`` of its ideal."""
+        return plausible(self.prefill_speedup, self.ideal_speedup)
+
+    @property
+    def paired(self) -> "timing.Speedup":
+        """The paired prefill speedup (median and quartiles of the run-by-run ratios)."""
+        dense, pruned = (m for k, m in self.measurements.items() if k.startswith("prefill"))
+        return timing.speedup(dense, pruned)
 
     @property
     def latency_ratio(self) -> float:
@@ -132,13 +157,16 @@ def decode_workloads(models: dict[str, nn.Module], context: int = 64, new_tokens
 def measure_speedup(dense: nn.Module, pruned: nn.Module, label: str = "pruned",
                     tokens: int = 128, batch: int = 1, runs: int = 5, warmup: int = 2,
                     threads: int | None = 2, decode_tokens: int = 0, decode_context: int = 64,
-                    ideal: float | None = None) -> SpeedComparison:
+                    ideal: float | None = None, retries: int = 2) -> SpeedComparison:
     """Prefill (and optionally per-token decode) speedup of ``pruned`` over ``dense``.
 
     Both models are timed interleaved in the same run (``timing.compare_prefill``),
     so drift of the machine hits both alike. ``ideal`` defaults to the FLOPs
     ratio at a context of ``tokens`` (what one prefill token attends to at most).
     ``pruned`` must be a separate model: prune a ``copy.deepcopy(dense)``.
+    A paired median beyond ``PLAUSIBLE_MARGIN`` x the ideal is a measurement error: the
+    prefill is timed again, up to ``retries`` times (``remeasured`` counts them); if it
+    stays implausible, ``plausible`` is False and no lesson may call it a speedup.
     """
     if pruned is dense:
         raise ValueError("dense and pruned are the same object: prune a copy "
@@ -148,8 +176,13 @@ def measure_speedup(dense: nn.Module, pruned: nn.Module, label: str = "pruned",
         count = (nonzero_flops_per_token if any(map(_stores_sparse_weight, pruned.modules())) else metrics.flops_per_token)
         ideal = ideal_speedup(metrics.flops_per_token(dense, tokens), count(pruned, tokens))
     device = next(dense.parameters()).device.type
-    pre = timing.compare_prefill({"dense": dense, label: pruned}, batch=batch, tokens=tokens,
-                                 runs=runs, warmup=warmup, threads=threads, device=device)
+    remeasured = 0
+    while True:
+        pre = timing.compare_prefill({"dense": dense, label: pruned}, batch=batch, tokens=tokens,
+                                     runs=runs, warmup=warmup, threads=threads, device=device)
+        if plausible(timing.speedup(pre["dense"], pre[label]).median, ideal) or remeasured >= retries:
+            break
+        remeasured += 1
     measurements = {"prefill dense": pre["dense"], f"prefill {label}": pre[label]}
     decode = None
     if decode_tokens:
@@ -158,8 +191,9 @@ def measure_speedup(dense: nn.Module, pruned: nn.Module, label: str = "pruned",
                                        threads=threads, setup=setup, per=decode_tokens)
         measurements.update({"decode dense": dec["dense"], f"decode {label}": dec[label]})
         decode = dec["dense"].median_ms / dec[label].median_ms
-    return SpeedComparison(label, ideal, pre["dense"].median_ms / pre[label].median_ms, decode,
-                           tokens, batch, measurements)
+    # the paired median (of the run-by-run ratios): the figure every verdict and efficiency uses
+    return SpeedComparison(label, ideal, timing.speedup(pre["dense"], pre[label]).median, decode,
+                           tokens, batch, measurements, remeasured)
 
 
 def pruned_copy(model: nn.Module, prune: Callable[[nn.Module], PruneHandle]):
@@ -177,8 +211,13 @@ def explain_gap(dense_flops: Flops, pruned_flops: Flops, measured_speedup: float
     untouched = (pruned_flops.lm_head + (0 if scores_shrank else pruned_flops.attention_scores)) / dense_flops.total
     lines = [f"Ideal speedup (FLOPs ratio): {ideal:.2f}x."]
     if measured_speedup is not None:
-        lines.append(f"Measured prefill speedup: {measured_speedup:.2f}x = {measured_speedup / ideal:.0%} "
-                     "of the ideal. Where the clock falls short of the ideal, these are the reasons:")
+        share = measured_speedup / ideal
+        lines.append(f"Measured prefill speedup: {measured_speedup:.2f}x = {share:.0%} of the ideal.")
+        if share >= 0.95:
+            lines.append("The clock reached the ideal (within 5%): the FLOPs count explains the whole "
+                         "speedup here. What the count leaves out, and where it would show:")
+        else:
+            lines.append("The clock falls short of the ideal; these are the reasons:")
     if decode_speedup is not None:
         lines.append(f"Measured decode speedup (per token): {decode_speedup:.2f}x.")
     lines += [

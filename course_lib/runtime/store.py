@@ -6,8 +6,8 @@ Four ways to store the same weights, each written to a file whose size
 - ``save_safetensors``: every float32 value, zeros included (what ``save_pretrained`` writes);
 - ``compress_file``: that file through zstd (or gzip): zeros and repeated bytes shrink;
 - ``save_bitmask``: the non-zeros of each sparse matrix plus one bit per position, the
-  sparse-bitmask layout of compressed-tensors (``pruning.compressed``, which ``prune --save
-  --compress`` writes too);
+  course's own bitmask layout (``pruning.compressed``, which ``prune --save --compress``
+  writes too; only the course reads it);
 - ``save_torch``: ``torch.save`` of any state dict, e.g. an int8-quantized model's.
 
 A structurally pruned model needs none of the tricks: its matrices are smaller,
@@ -57,7 +57,7 @@ def compress_file(source: str | Path, codec: str = "zstd", level: int = 3) -> Pa
 
 
 def bitmask_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict in the sparse-bitmask layout (``pruning.compressed``: every 2-D weight sparse
+    """The state dict in the course's bitmask layout (``pruning.compressed``: every 2-D weight sparse
     enough to gain as ``.bitmask`` / ``.compressed`` / ``.row_offsets`` / ``.shape``, the rest as
     it is); a tied copy (lm_head = embedding) is stored once."""
     unique: dict[str, torch.Tensor] = {}

@@ -78,31 +78,7 @@ def check_zero_head(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> Che
     return CheckResult(True, "4 hidden cases: the right block of columns, the input untouched.")
 
 
-# ------------------------------------------------------------- lesson 2: a valid GQA removal
-def check_gqa_choice(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
-    """``fn(n_heads, n_kv_heads, n_remove)`` returns query heads to remove that GQA can accept."""
-    for n_heads, n_kv, n_remove in ((9, 3, 3), (9, 3, 6), (8, 2, 4), (12, 4, 4), (6, 2, 2)):
-        out, error = _run(fn, n_heads, n_kv, n_remove)
-        if error is not None:
-            return error
-        try:
-            heads = sorted(int(h) for h in out)
-        except TypeError:
-            return CheckResult(False, f"return a list of head indices, not {type(out).__name__}.")
-        if len(heads) != n_remove or len(set(heads)) != n_remove:
-            return CheckResult(False, f"asked to remove {n_remove} distinct heads of {n_heads}, got {heads}.")
-        if heads[0] < 0 or heads[-1] >= n_heads:
-            return CheckResult(False, f"head indices run from 0 to {n_heads - 1}; got {heads}.")
-        group = n_heads // n_kv
-        left = [group - sum(1 for h in heads if h // group == g) for g in range(n_kv)]
-        surviving = {n for n in left if n > 0}
-        if len(surviving) > 1:
-            return CheckResult(False, f"with {n_heads} heads and {n_kv} KV heads (groups of {group}), removing "
-                                      f"{heads} leaves groups with {left} query heads: every group that stays "
-                                      "must keep the same number (remove the same count per group, or whole groups).")
-    return CheckResult(True, "5 hidden layouts: every choice keeps the groups even.")
-
-
+# ----------------------------------------------------- lesson 2: the nearest valid GQA removal
 def check_gqa_nearest(fn: Callable[[int, int, int], list[int]]) -> CheckResult:
     """``fn(n_heads, n_kv_heads, n_remove)``: a GQA-valid head set of the valid size nearest ``n_remove``.
 
@@ -348,10 +324,17 @@ def check_sparsegpt_step(fn: Callable[[torch.Tensor, torch.Tensor, int, torch.Te
 
 # ------------------------------------------------------------- lesson 5: the allocation challenge
 def check_allocation(model, windows: torch.Tensor, sparsities, target: float) -> CheckResult:
-    """Measure a per-layer allocation against uniform pruning (magnitude scores) at the same total."""
-    from ..core import metrics
+    """Measure a per-layer allocation against uniform pruning (magnitude scores) at the same total.
+
+    ``sparsities``: one sparsity per decoder layer, or the student's function of the layer count.
+    """
+    from ..core import arch, metrics
     from ..pruning import allocation
 
+    if callable(sparsities):
+        sparsities, error = _run(sparsities, len(arch.decoder_layers(model)))
+        if error is not None:
+            return error
     try:
         s = allocation.check_allocation(model, sparsities)
     except (ValueError, TypeError) as err:
@@ -410,3 +393,71 @@ def check_int8_rows(fn: Callable[[torch.Tensor], tuple]) -> CheckResult:
             return CheckResult(False, f"q * scale misses w by {error_max:.2f} steps; round to the nearest "
                                       "step (torch.round), do not truncate.")
     return CheckResult(True, "3 hidden matrices: int8 codes in range, one scale per row, error <= half a step.")
+
+
+# ------------------------------------------------------------- lesson 0: a paired interval
+def _correlated_nll(seed: int, windows: int = 6, tokens: int = 127, shift: float = 0.05):
+    """Two models' NLLs of the same hidden text: a shared difficulty that drifts along each
+    window (neighbouring tokens alike), the models' own noise, and a small shift between them."""
+    generator = torch.Generator().manual_seed(seed)
+    difficulty = torch.empty(windows, tokens, dtype=torch.float64)
+    drift = torch.empty(windows, tokens, dtype=torch.float64)
+    difficulty[:, 0] = 3 + torch.randn(windows, generator=generator, dtype=torch.float64)
+    drift[:, 0] = 0
+    for t in range(1, tokens):  # slowly changing topics and slowly changing model disagreement
+        difficulty[:, t] = 0.9 * difficulty[:, t - 1] + 0.3 + 0.5 * torch.randn(windows, generator=generator, dtype=torch.float64)
+        drift[:, t] = 0.9 * drift[:, t - 1] + 0.1 * torch.randn(windows, generator=generator, dtype=torch.float64)
+    base = difficulty + 0.05 * torch.randn(windows, tokens, generator=generator, dtype=torch.float64)
+    return base, base + shift + drift
+
+
+def check_paired_interval(fn: Callable) -> CheckResult:
+    """``fn(nll_base, nll_other, block, resamples, seed)`` returns ``(ratio, low, high)``: the
+    perplexity ratio other / base and its 95% block-bootstrap interval, paired on the same tokens.
+
+    Compared with ``core.stats.paired_ratio`` on hidden NLLs whose neighbouring tokens are
+    correlated (as in real text). Bootstrap draws differ from run to run, so the interval's
+    ends must land within a sixth of the reference interval's width.
+    """
+    import math
+
+    from ..core import stats
+
+    for seed, block in ((1, 32), (2, 16), (3, 32)):
+        base, other = _correlated_nll(seed)
+        out, error = _run(fn, base.clone(), other.clone(), block, 2000, 0)
+        if error is not None:
+            return error
+        try:
+            ratio, low, high = (float(v) for v in out)
+        except (TypeError, ValueError):
+            return CheckResult(False, f"return three numbers (ratio, low, high); got {out!r}.")
+        want = stats.paired_ratio(base, other, block=block)
+        ppl_base, ppl_other = math.exp(base.mean()), math.exp(other.mean())
+        if not math.isclose(ratio, want.ratio, rel_tol=1e-6):
+            if math.isclose(ratio, 1 / want.ratio, rel_tol=1e-6):
+                return CheckResult(False, "upside down: the ratio is perplexity(other) / perplexity(base).")
+            if math.isclose(ratio, ppl_other - ppl_base, rel_tol=1e-6):
+                return CheckResult(False, "a ratio, not a difference: exp(mean NLL other) / exp(mean NLL base).")
+            return CheckResult(False, f"the ratio should be exp(mean(nll_other - nll_base)) = {want.ratio:.4f}; "
+                                      f"got {ratio:.4f}.")
+        if not low <= ratio <= high:
+            return CheckResult(False, f"the interval {low:.4f}-{high:.4f} does not contain the ratio {ratio:.4f}: "
+                                      "take the 2.5th and 97.5th percentiles of the resampled ratios.")
+        width, want_width = high - low, want.high - want.low
+        if width < 0.6 * want_width:
+            return CheckResult(False, f"your interval ({low:.4f}-{high:.4f}) is too narrow (course_lib: "
+                                      f"{want.low:.4f}-{want.high:.4f}). Did you resample single tokens? "
+                                      "Neighbouring tokens are alike, so a resample of tokens pretends to "
+                                      "hold more independent evidence than the text has: resample blocks of "
+                                      "`block` consecutive tokens (never across windows).")
+        if width > 1.6 * want_width:
+            return CheckResult(False, f"your interval ({low:.4f}-{high:.4f}) is too wide (course_lib: "
+                                      f"{want.low:.4f}-{want.high:.4f}). Did you resample the two models "
+                                      "separately? Pair them: resample the per-token *differences* "
+                                      "nll_other - nll_base, block by block, so what is hard for both cancels.")
+        if abs(low - want.low) > want_width / 6 or abs(high - want.high) > want_width / 6:
+            return CheckResult(False, f"interval {low:.4f}-{high:.4f}, course_lib's {want.low:.4f}-"
+                                      f"{want.high:.4f}: weigh each resample by its tokens (the last block "
+                                      "of a window is shorter) and take exp of the resampled mean difference.")
+    return CheckResult(True, "3 hidden comparisons: your paired block-bootstrap interval matches course_lib's.")
