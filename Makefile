@@ -49,6 +49,8 @@ WARM := $(PY) -m course_lib info smollm2-135m >/dev/null && $(PY) -m course_lib 
 run: $(STAMP)
 	$(WARM)
 	$(PY) -m course_lib.teaching.run_all --out build
+	# the presenter's SparseGPT points (its slowest), measured once per machine into the disk cache
+	$(PY) -m course_lib.teaching.presenter --prepare --methods sparsegpt
 
 # The unit tests run on TEST_WORKERS processes (pytest-xdist, one torch thread
 # each). The lessons whose compared claims a busy machine cannot flip replay beside

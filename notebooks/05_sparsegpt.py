@@ -525,8 +525,9 @@ run.claim(f"at {OWL_TARGET:.0%} with Wanda's scores, the outlier-aware allocatio
 # ## Explore
 #
 # Every method at every sparsity (draw 0 of the calibration), on prose and on code.
-# Each new point times the dense model and the pruned one side by side; the bars are
-# the spread of the paired runs.
+# Each new point shows its perplexity first, then times the dense model and the pruned
+# one by turns; the bars are the interval of the median speedup, narrowing run by run
+# until it clears 1 or the runs are spent.
 
 # %%
 explorer = Explorer(model, run.windows.eval, lambda m, method, s: PRUNERS[method](m, s, calib),

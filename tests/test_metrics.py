@@ -99,3 +99,12 @@ def test_storage_formats_follow_the_nonzero_count():
     assert half["dense"] == dense["dense"]
     assert half["bitmask"] == 2 * numel + (numel + 7) // 8
     assert abs(half["csr"] - dense["dense"]) < 0.05 * dense["dense"]  # 50%: CSR saves about nothing
+
+
+def test_nonzeros_counts_what_torch_counts():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 48, generator=g)
+    w[w.abs() < 0.5] = 0
+    w[0, :3] = torch.tensor([-0.0, float("nan"), -1.0])  # -0 is zero; NaN and negatives are not
+    for t in (w, w.t(), w[:, ::3], w.double(), (w * 10).to(torch.int8), w.to(torch.bfloat16)):
+        assert metrics.nonzeros(t) == int(torch.count_nonzero(t))

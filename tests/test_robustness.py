@@ -583,8 +583,8 @@ def classroom_prune(model, method, amount):
 
 
 def make_explorer(model, methods):
-    return Explorer(model, eval_windows(), classroom_prune, methods=methods,
-                    latency_tokens=16, latency_runs=2)
+    return Explorer(model, eval_windows(), classroom_prune, methods=methods,  # measured before
+                    latency_tokens=16, latency_runs=2, background=False)  # the setter returns
 
 
 def test_an_error_in_the_explorer_is_shown_in_its_output_area_and_it_stays_usable(llama):
@@ -607,7 +607,8 @@ def test_the_explorer_says_reload_when_a_prune_leaves_the_model_changed(llama):
             raise RuntimeError("student code failed")
         return None
 
-    explorer = Explorer(llama, eval_windows(), careless, latency_tokens=16, latency_runs=2)
+    explorer = Explorer(llama, eval_windows(), careless, latency_tokens=16, latency_runs=2,
+                        background=False)
     explorer.slider.value = 0.5
     assert "error: student code failed" in explorer.text
     assert "The model was left changed: reload it." in explorer.text

@@ -88,3 +88,51 @@ def test_the_interval_over_draws_holds_the_calibration_variance_too():
     average = stats.paired_ratio(torch.stack([a for a, _ in draws]).mean(0), torch.stack([b for _, b in draws]).mean(0))
     assert result.ratio == pytest.approx(average.ratio, rel=1e-9)  # the same estimate...
     assert result.high - result.low > 2 * (average.high - average.low)  # ...with the draws' spread in it
+
+
+# ------------------------------------------------ the live explorer's interval, and why it is planned for every look
+def false_verdict_rate(cuts):
+    """Exactly: the chance of any verdict over every look when both are equally fast (all sign paths)."""
+    n = len(cuts)
+    false = 0
+    for path in range(2 ** n):
+        below = 0
+        for i in range(n):
+            below += (path >> i) & 1
+            c = cuts[i]
+            if c >= 0 and (below <= c or below >= i + 1 - c):
+                false += 1
+                break
+    return false / 2 ** n
+
+
+def test_looking_after_every_run_keeps_false_verdicts_within_five_percent():
+    for max_runs in (6, 9, 12):
+        cuts = stats.sequential_cuts(max_runs)
+        assert false_verdict_rate(cuts) <= 0.05, max_runs
+        assert max(cuts) >= 0, "some look can decide"
+    # the naive rule (a 95% interval at every look, as if each were the only one) decides too often
+    naive = []
+    for n in range(1, 13):
+        c, cdf = -1, 0.0
+        for k in range(n + 1):
+            cdf += math.comb(n, k) / 2 ** n
+            if cdf > 0.025:
+                break
+            c = k
+        naive.append(c)
+    assert false_verdict_rate(naive) > 0.05
+
+
+def test_the_median_interval_is_made_of_order_statistics():
+    ratios = [1.3, 1.1, 1.4, 1.2, 1.25, 1.35, 1.15, 1.05, 1.45, 0.95]
+    cuts = stats.sequential_cuts(12)
+    got = stats.median_interval(ratios, 12)
+    k = cuts[len(ratios) - 1]
+    ordered = sorted(ratios)
+    assert (got.low, got.high) == (ordered[k], ordered[-1 - k]) and got.cut == k
+    assert got.median == pytest.approx(1.225) and got.decided  # one ratio below 1 of ten
+    early = stats.median_interval(ratios[:4], 12)
+    assert not early.decided and (early.low, early.high) == (1.1, 1.4)  # the range, deciding nothing
+    with pytest.raises(ValueError, match="13 runs but max_runs=12"):
+        stats.median_interval(ratios + [1.0, 1.0, 1.0], 12)

@@ -403,3 +403,20 @@ def test_ordering_on_smollm2(smollm2, smollm2_windows):
                 pytest.fail(f"{k} was not restored")
     assert ppl["sparsegpt"] <= ppl["wanda"] * 1.05, ppl
     assert ppl["wanda"] < ppl["magnitude"], ppl
+
+
+def test_sparsegpt_groups_side_by_side_give_bit_for_bit_what_one_after_the_other_gives():
+    """A layer's groups are pruned two at a time on two threads: the same bits, in the same order."""
+    from course_lib.core import timing
+    from course_lib.pruning.sparsegpt import side_by_side
+
+    stacks = []
+    for i, (rows, cols) in enumerate([(24, 64), (16, 64), (40, 64), (16, 128)]):
+        x = correlated_inputs(256, cols, seed=10 + i)
+        stacks.append((torch.randn(rows, cols), 2 * x.t() @ x / len(x)))
+    prune = lambda W, H: sparsegpt_layer(W, H, 0.5, blocksize=32)  # noqa: E731
+    with timing.thread_count(2):
+        one_by_one = side_by_side(prune, stacks, workers=1)
+        two_at_a_time = side_by_side(prune, stacks, workers=2)
+    for (w1, keep1), (w2, keep2) in zip(one_by_one, two_at_a_time):
+        assert torch.equal(keep1, keep2) and torch.equal(w1, w2)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -236,3 +237,98 @@ def compare_over_draws(label_a: str, nll_a: list, label_b: str, nll_b: list, res
     ratio = float(np.exp(sums.sum(axis=1).mean() / counts.sum()))
     return DrawComparison(label_a, label_b, pairs, tuple(p.base for p in pairs), tuple(p.other for p in pairs),
                           ratio, float(low), float(high))
+
+
+# ------------------------------------------------------------------ a median decided as the runs come in
+@dataclass(frozen=True)
+class MedianInterval:
+    """An interval for the median of paired ratios, from the order statistics of the runs so far.
+
+    ``low`` / ``high`` leave out the ``cut`` lowest and ``cut`` highest ratios; ``cut`` is -1 while
+    too few runs exist for any interval at this level (then low/high are the range of the runs,
+    and nothing is decided).
+    """
+
+    median: float
+    low: float
+    high: float
+    runs: int
+    cut: int
+    level: float = LEVEL
+
+    @property
+    def decided(self) -> bool:
+        """The interval excludes 1 (and enough runs exist for an interval at all)."""
+        return self.cut >= 0 and (self.low > 1 or self.high < 1)
+
+
+@lru_cache(maxsize=64)
+def sequential_cuts(max_runs: int, level: float = LEVEL) -> tuple[int, ...]:
+    """How many of the lowest and highest ratios an interval for the median leaves out after
+    1, 2, ..., ``max_runs`` paired runs, when it is looked at after every run.
+
+    The sign test behind it: if the two candidates were equally fast, each run's ratio would be
+    above 1 or below 1 like a coin toss, so "at most c of n ratios below 1" has the binomial
+    probability P(Bin(n, 1/2) <= c). An interval that leaves out c ratios at each end clears 1
+    exactly then. Looking after every run and stopping at the first interval that clears 1 gives
+    chance many tries: the cuts are chosen so that the chance of *any* false verdict, over every
+    look up to ``max_runs``, stays within ``1 - level`` (computed exactly, by following the
+    count of ratios below 1 run by run). -1: no interval yet (with fewer than 6 runs even the
+    range of the runs would clear 1 by chance more often than 5% of the time).
+    """
+    if max_runs < 1:
+        raise ValueError(f"max_runs={max_runs}: need at least one run.")
+    alpha = 1 - level
+
+    def cuts_for(per_look: float) -> list[int]:
+        out = []
+        for n in range(1, max_runs + 1):
+            cdf, c = 0.0, -1
+            for k in range(n + 1):
+                cdf += math.comb(n, k) / 2 ** n
+                if cdf > per_look / 2:
+                    break
+                c = k
+            out.append(c)
+        return out
+
+    def false_verdicts(cuts: list[int]) -> float:
+        alive = {0: 1.0}  # count of ratios below 1 -> probability, among runs not yet stopped
+        stopped = 0.0
+        for n, c in enumerate(cuts, start=1):
+            step: dict[int, float] = {}
+            for below, p in alive.items():
+                for nxt in (below, below + 1):
+                    step[nxt] = step.get(nxt, 0.0) + p / 2
+            alive = {}
+            for below, p in step.items():
+                if c >= 0 and (below <= c or below >= n - c):
+                    stopped += p
+                else:
+                    alive[below] = p
+        return stopped
+
+    lo, hi = 0.0, alpha  # a per-look level of alpha is too lenient once looks repeat; bisect
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if false_verdicts(cuts_for(mid)) <= alpha:
+            lo = mid
+        else:
+            hi = mid
+    return tuple(cuts_for(lo))
+
+
+def median_interval(ratios, max_runs: int, level: float = LEVEL) -> MedianInterval:
+    """The interval for the median of ``ratios`` (one per paired run so far), valid however
+    often it is looked at up to ``max_runs`` runs (``sequential_cuts``)."""
+    values = np.sort(np.asarray(ratios, dtype=np.float64))
+    n = len(values)
+    if n == 0:
+        raise ValueError("no paired runs yet: time at least one before asking for an interval.")
+    if n > max_runs:
+        raise ValueError(f"{n} runs but max_runs={max_runs}: the interval was planned for at most "
+                         f"{max_runs} looks; plan for as many runs as you will take.")
+    cut = sequential_cuts(max_runs, level)[n - 1]
+    k = max(cut, 0)
+    return MedianInterval(float(np.median(values)), float(values[k]), float(values[n - 1 - k]),
+                          n, cut, level)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from .cancel import checkpoint
+
 
 @dataclass(frozen=True)
 class Measurement:
@@ -163,6 +165,59 @@ class _Clock:
         return time.perf_counter() - begin
 
 
+class Interleaved:
+    """``time_side_by_side`` one round at a time, for a caller that decides when to stop.
+
+    ``round()`` runs every workload once, in the alternating order (A, B, then B, A, ...);
+    ``round(timed=False)`` is a warm-up. ``measurements()`` gives what ``time_side_by_side``
+    would return for the timed rounds so far, and ``ratios(a, b)`` the paired ratios
+    (a's time / b's time) run by run. The live explorer times this way: it shows the
+    interval after every round and stops once the verdict is decided.
+    """
+
+    def __init__(self, fns: dict[str, Callable[[], object]], device: str = "cpu",
+                 threads: int | None = 2, setup: dict[str, Callable[[], object]] | None = None,
+                 per: int = 1):
+        self.device = check_device(device)
+        self.fns, self.setup, self.per = dict(fns), setup or {}, per
+        self.threads = None if self.device.startswith("cuda") else threads
+        self.clock = _Clock(self.device)
+        self.times: dict[str, list[float]] = {label: [] for label in self.fns}
+        self.rounds = 0  # every round so far, warm-ups included: it sets the order
+        self.used_threads = torch.get_num_threads()
+
+    def round(self, timed: bool = True) -> None:
+        """Every workload once; between two of them the round may be stopped (``cancel.checkpoint``),
+        and then none of its times is kept."""
+        took = {}
+        with thread_count(self.threads) as used, torch.inference_mode():
+            self.used_threads = used
+            order = list(self.fns.items())
+            for i, (label, fn) in enumerate(order if self.rounds % 2 == 0 else order[::-1]):
+                if i:
+                    checkpoint()
+                if label in self.setup:
+                    self.setup[label]()
+                took[label] = self.clock.time(fn)
+        self.rounds += 1
+        if timed:
+            for label, elapsed in took.items():
+                self.times[label].append(elapsed)
+
+    @property
+    def runs(self) -> int:
+        """Timed rounds so far."""
+        return len(next(iter(self.times.values()), []))
+
+    def measurements(self) -> dict[str, Measurement]:
+        return {label: Measurement.from_times(label, t, self.device, self.used_threads, self.per)
+                for label, t in self.times.items()}
+
+    def ratios(self, a: str, b: str) -> list[float]:
+        """Run by run: a's time / b's time (above 1: b was faster in that run)."""
+        return [ta / tb for ta, tb in zip(self.times[a], self.times[b])]
+
+
 def time_side_by_side(fns: dict[str, Callable[[], object]], device: str = "cpu",
                       warmup: int = 2, runs: int = 10, threads: int | None = 2,
                       setup: dict[str, Callable[[], object]] | None = None,
@@ -176,22 +231,12 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], device: str = "cpu",
     from round i: ``speedup`` pairs them. ``setup[label]`` runs untimed before
     each timed run (e.g. a fresh KV cache).
     """
-    device = check_device(device)
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs={runs}, warmup={warmup}: need runs >= 1 and warmup >= 0.")
-    setup = setup or {}
-    clock = _Clock(device)
-    times: dict[str, list[float]] = {label: [] for label in fns}
-    with thread_count(None if device.startswith("cuda") else threads) as used, torch.inference_mode():
-        for i in range(warmup + runs):
-            order = list(fns.items())
-            for label, fn in (order if i % 2 == 0 else order[::-1]):
-                if label in setup:
-                    setup[label]()
-                elapsed = clock.time(fn)
-                if i >= warmup:
-                    times[label].append(elapsed)
-    return {label: Measurement.from_times(label, t, device, used, per) for label, t in times.items()}
+    rounds = Interleaved(fns, device, threads, setup, per)
+    for i in range(warmup + runs):
+        rounds.round(timed=i >= warmup)
+    return rounds.measurements()
 
 
 def time_call(fn: Callable[[], object], label: str = "call", **kwargs) -> Measurement:

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ..core import arch
+from ..core.cancel import checkpoint
 from ..core.progress import bar
 from .masks import achieved_sparsity
 from . import offload
@@ -215,6 +216,7 @@ def walk(model: nn.Module, windows: torch.Tensor, collect: Callable[[Any, torch.
 
     shown = bar(total=len(layers), desc="calibration walk, layer", unit="layer")
     for index, layer in enumerate(layers):
+        checkpoint()  # a live explorer may stop the walk here (the caller's handle restores)
         shown.set_description(f"calibration walk, layer {index + 1} of {len(layers)}")
         with layer_on_device(layer, handle):
             hidden = _walk_layer(index, layer, hidden, calls, group_names, n_dense, collect,

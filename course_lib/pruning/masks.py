@@ -21,10 +21,12 @@ import math
 import numbers
 from typing import Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..core import arch
+from ..core import arch, metrics
+from ..core.cancel import checkpoint
 from ..core.names import parse_pattern  # noqa: F401 (re-exported: masks.parse_pattern)
 from .undo import PruneHandle, restoring_on_error
 
@@ -81,13 +83,27 @@ def _prune_count(size: int, sparsity: float) -> int:
     return round(sparsity * size)
 
 
+def kth_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value along the last dimension (``k >= 1``), that dimension kept.
+
+    The same values as ``scores.kthvalue(k, dim=-1, keepdim=True).values``. On the CPU,
+    numpy's introselect finds them several times faster: torch's kthvalue carries every
+    value's index along, and on a magnitude prune of SmolLM2's 100 M weights that was most
+    of the time.
+    """
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64):
+        selected = np.partition(scores.detach().numpy(), k - 1, axis=-1)[..., k - 1:k]
+        return torch.from_numpy(np.ascontiguousarray(selected))
+    return scores.kthvalue(k, dim=-1, keepdim=True).values
+
+
 def _lowest_k(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of exactly ``k`` lowest entries of a 1-D tensor (ties: earlier ones first)."""
     prune = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     if k == 0:
         return prune
-    # kthvalue + a tie fix-up: cheaper in memory than topk on 100M scores.
-    threshold = flat.kthvalue(k).values
+    # the k-th value + a tie fix-up: cheaper in memory than topk on 100M scores.
+    threshold = kth_smallest(flat, k).reshape(())
     prune |= flat < threshold
     missing = k - int(prune.sum())
     if missing > 0:
@@ -112,12 +128,13 @@ def topk_mask(scores: torch.Tensor, sparsity: float, scope: str = "row") -> torc
         # sort's first k are (as the reference implementations do; quantized weights tie often, and
         # the tie-breaking moves SmolLM2's perplexity by 4%). Without sorting: every score below the
         # row's k-th smallest value goes, then the first of the scores equal to it, in row order,
-        # until k are gone (kthvalue is ~2x faster than topk, and far faster than a sort).
-        threshold = scores.kthvalue(k, dim=-1, keepdim=True).values
+        # until k are gone (a selection is far faster than a sort).
+        threshold = kth_smallest(scores, k)
         below = scores < threshold
         tied = scores == threshold
         room = k - below.sum(-1, keepdim=True)  # how many tied scores go, >= 1
-        return ~(below | (tied & (tied.cumsum(-1) <= room)))
+        rank = torch.int16 if scores.shape[-1] < 2 ** 15 else torch.int64  # narrow: half the memory traffic
+        return ~(below | (tied & (tied.cumsum(-1, dtype=rank) <= room)))
     flat = scores.reshape(-1)
     return ~_lowest_k(flat, _prune_count(flat.numel(), sparsity)).reshape(scores.shape)
 
@@ -150,7 +167,7 @@ def achieved_sparsity(modules: Iterable[nn.Module]) -> float:
     zeros = total = 0
     for module in modules:
         weight = module.weight.data
-        zeros += weight.numel() - int(torch.count_nonzero(weight))
+        zeros += weight.numel() - metrics.nonzeros(weight)
         total += weight.numel()
     return zeros / total if total else 0.0
 
@@ -170,6 +187,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor], description: s
             if tuple(mask.shape) != tuple(weight.shape):
                 raise ValueError(f"mask for '{name}' has shape {tuple(mask.shape)}, but its weight "
                                  f"is {tuple(weight.shape)} as (out_features, in_features).")
+            checkpoint()  # a live explorer may stop here: restoring_on_error undoes what is done
             handle.save_tensor(modules[name].weight.data)  # the parameter itself, not the view
             weight.mul_(mask.to(device=weight.device, dtype=weight.dtype))
         handle.info.update(masks=dict(masks) if keep_masks else None,
@@ -185,17 +203,22 @@ def _masks_from_scores(model: nn.Module, score_fn, sparsity, scope: str, pattern
         raise ValueError(f"scope={scope!r} with pattern {pattern[0]}:{pattern[1]}: N:M groups are "
                          "always within a row; leave scope='row'.")
     modules = arch.prunable_linears(model)
-    scores = {name: score_fn(name, arch.weight_matrix(module)) for name, module in modules.items()}
+    masks, scores = {}, {}
+    for name, module in modules.items():
+        checkpoint()  # nothing is changed yet: stopping here leaves the model as it was
+        score = score_fn(name, arch.weight_matrix(module))
+        if scope == "global":
+            scores[name] = score
+        else:  # each matrix on its own: its mask now, while its scores are in the cache
+            masks[name] = scores_to_mask(score, sparsity, scope, pattern)
     if scope == "global":
         # One competition across all matrices: concatenate, cut once, split back.
         flat = torch.cat([s.reshape(-1).float() for s in scores.values()])
         keep = topk_mask(flat, sparsity, "global")
-        masks, start = {}, 0
+        start = 0
         for name, s in scores.items():
             masks[name] = keep[start:start + s.numel()].reshape(s.shape)
             start += s.numel()
-        return masks, sparsity, pattern
-    masks = {name: scores_to_mask(s, sparsity, scope, pattern) for name, s in scores.items()}
     return masks, sparsity, pattern
 
 

@@ -142,13 +142,15 @@ def quantize_in_place(model: nn.Module, names) -> "PruneHandle":
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     from torch.ao.quantization import default_dynamic_qconfig
 
-    from ..pruning.undo import PruneHandle
+    from ..core.cancel import checkpoint
+    from ..pruning.undo import PruneHandle, restoring_on_error
 
     handle = PruneHandle("int8 dynamic")
     modules = dict(model.named_modules())
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), restoring_on_error(handle):  # a failure half-way swaps back
         warnings.simplefilter("ignore")
         for name in names:
+            checkpoint()  # a live explorer may stop here
             linear = modules[name]
             linear.qconfig = default_dynamic_qconfig
             try:

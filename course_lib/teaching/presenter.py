@@ -7,17 +7,23 @@ widgets only) on localhost; that notebook shows ``Dashboard()`` and starts
 Four choices keep it live and honest in front of an audience:
 - ONE model, loaded once, shared by every explorer: an explorer prunes, measures
   and restores, so the explorers never see each other's pruning. One dense copy
-  beside it is what every point is timed against, interleaved in the same call;
+  beside it is what every point is timed against, interleaved run by run;
 - small measurements (2 evaluation windows of 64 tokens, not the lessons' windows:
-  every perplexity label says which; latency over 32 tokens, 7 paired runs): a new
-  point in a few seconds on a laptop CPU, its speedup shown with its spread;
+  every perplexity label says which; latency over 32 tokens): a new point shows its
+  perplexity within a second or two, then its speedup's interval narrows run by run
+  until the verdict is decided (at most 12 paired runs, about 5 s), and moving the
+  slider again stops a stale point at once (``widgets.Explorer``);
 - ``precompute()`` measures every tab's grid in a background thread behind a
-  progress bar, and keeps the points on disk (``widgets.default_cache_dir()``),
-  keyed by model, method, amount and windows: a second session starts warm;
-- a lesson's explorer is built the first time its tab is opened, so the page is
-  up as soon as the model is loaded.
+  progress bar, the slow methods (SparseGPT, then Wanda) first, and keeps the points
+  on disk (``widgets.default_cache_dir()``), keyed by the weights, method, amount,
+  windows and calibration: a second session starts warm. ``--prepare`` (which
+  ``make run`` runs) measures the SparseGPT grid once per machine, in the foreground
+  with a progress bar, into that same cache;
+- a lesson's explorer is built the first time its tab is opened (with the scores
+  its methods rank by), so the page is up as soon as the model is loaded.
 
-Run ``python -m course_lib.teaching.presenter [--port N]`` (what ``make present`` does).
+Run ``python -m course_lib.teaching.presenter [--port N]`` (what ``make present`` does),
+or ``... --prepare`` to fill the disk cache with the SparseGPT points.
 """
 from __future__ import annotations
 
@@ -38,7 +44,9 @@ import torch
 MODEL = "smollm2-135m"
 SEQ_LEN, N_EVAL = 64, 2  # evaluation windows: the live budget, not the course protocol
 N_CALIB = 4  # calibration windows for the activation score (computed once, ~1 s)
-LATENCY_TOKENS, LATENCY_RUNS = 32, 7
+LATENCY_TOKENS, LATENCY_RUNS = 32, 12  # at most 12 paired runs per point (6 can decide)
+LATENCY_SECONDS = 5.0  # and at most this long: a verdict within ~6 s of the first number
+SLOW_METHODS = ("sparsegpt", "wanda")  # precomputed first: the ones a room would wait for
 THREADS = 2
 DEFAULT_PORT = 8866
 PRECOMPUTE_ENV = "COURSE_PRESENTER_PRECOMPUTE"  # "0": no background precompute (points on demand)
@@ -83,6 +91,7 @@ class Section:
     amount_max: float
     step: float
     prune: Callable  # (scores, model, method, amount) -> PruneHandle
+    scores: str = ""  # the Scores its methods rank by, computed when the tab opens
 
 
 def _head_request(scores, model, method, fraction, **kwargs):
@@ -148,21 +157,21 @@ SECTIONS = (
     Section("01", "heads zeroed",
             "Heads switched off by zeroing their weights. Quality drops, but the matrices "
             "keep their shapes: latency does not move.",
-            ("weight norm", "random"), "fraction of heads", 8 / 9, 1 / 9, prune_heads_zeroed),
+            ("weight norm", "random"), "fraction of heads", 8 / 9, 1 / 9, prune_heads_zeroed, "heads"),
     Section("02", "zeroed vs removed",
             "The same heads, zeroed or cut out. Perplexity is identical; only removal "
             "shrinks the parameters and the latency.",
-            ("remove", "zero"), "fraction of heads", 2 / 3, 1 / 3, prune_zeroed_vs_removed),
+            ("remove", "zero"), "fraction of heads", 2 / 3, 1 / 3, prune_zeroed_vs_removed, "heads"),
     Section("03", "heads removed",
             "Heads ranked across the whole model and cut out (whole rounds of every "
             "key/value group): real speedup. Is the norm better than chance?",
-            ("weight norm", "random"), "fraction of heads", 2 / 3, 1 / 9, prune_heads_removed),
+            ("weight norm", "random"), "fraction of heads", 2 / 3, 1 / 9, prune_heads_removed, "heads"),
     Section("04", "MLP neurons removed",
             "MLP neurons cut out of every layer, where most weights are. Which ones? "
             "Small weights fool the norm (some first-layer neurons fire hard); "
             "activations on a little text know better.",
             ("activation", "weight norm", "random"), "fraction of neurons", 0.9, 0.1,
-            prune_neurons_removed),
+            prune_neurons_removed, "neurons"),
     Section("05", "unstructured sparsity",
             "Single weights set to zero: magnitude keeps quality far longer than random, "
             "Wanda and SparseGPT longer still, yet dense kernels run just as long.",
@@ -170,7 +179,8 @@ SECTIONS = (
     Section("06", "int8 projections",
             "Projections switched to int8 weights and activations, one by one. Those with "
             "few activation outliers take it well; the outlier ones break the model.",
-            ("fewest outliers first", "layer order"), "fraction int8", 1.0, 0.25, prune_quantized),
+            ("fewest outliers first", "layer order"), "fraction int8", 1.0, 0.25, prune_quantized,
+            "outliers"),
 )
 
 
@@ -225,7 +235,7 @@ class Dashboard:
                  n_calib: int = N_CALIB,
                  latency_tokens: int = LATENCY_TOKENS, latency_runs: int = LATENCY_RUNS,
                  threads: int = THREADS, sections=SECTIONS, model=None, tokenizer=None,
-                 cache_dir="default"):
+                 cache_dir="default", latency_seconds: float = LATENCY_SECONDS):
         import ipywidgets as widgets
         import matplotlib.pyplot as plt
 
@@ -246,8 +256,14 @@ class Dashboard:
         windows = data.windows_for(tokenizer, model_name, seq_len=seq_len, n_eval=n_eval,
                                    n_calib=n_calib)
         self.windows = windows.eval
-        self.latency = {"latency_tokens": latency_tokens, "latency_runs": latency_runs}
+        self.latency = {"latency_tokens": latency_tokens, "latency_runs": latency_runs,
+                        "latency_seconds": latency_seconds}
         self.scores = Scores(model, windows.calib)
+        # what else decides a point: the calibration windows (Wanda, SparseGPT, the activation
+        # scores) and the seed of the random orders; part of every disk-cache key
+        from .widgets import digest
+
+        self.settings = {"calibration": digest(windows.calib), "seed": self.scores.seed}
         self.sections = {s.key: s for s in sections}
         self.explorers: dict = {}
         self.pages = {key: widgets.VBox([widgets.HTML(f"<div class='lesson-note'>{s.note}</div>"),
@@ -259,8 +275,9 @@ class Dashboard:
         header = widgets.HTML(
             f"<h1>Pruning LLMs, live</h1><div class='lesson-note'>{model_name}, perplexity on "
             f"{n_eval} windows of {seq_len} tokens (not the lessons' windows), prefill latency of "
-            f"{latency_tokens} tokens timed beside the dense model ({latency_runs} paired runs, "
-            f"{threads} threads; the bars are their spread).</div>")
+            f"{latency_tokens} tokens timed beside the dense model, run by run ({threads} threads): "
+            f"the bars are the interval of the speedup, narrowing as runs come in, until it clears "
+            f"1 or {latency_runs} runs are done.</div>")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="precomputing",
                                             layout=widgets.Layout(display="none"))
         self.widget = widgets.VBox([widgets.HTML(CSS), header, self.progress, self.tabs])
@@ -273,11 +290,14 @@ class Dashboard:
             raise ValueError(f"no lesson {key!r} on the dashboard; choose one of {list(self.sections)}.")
         with self._opening:  # a tab click and the background precompute may race here
             if key not in self.explorers:
-                from .widgets import Explorer
+                from .widgets import Explorer, exclusive
 
                 s = self.sections[key]
-                if self._dense is None:
-                    self._dense = copy.deepcopy(self.model)
+                with exclusive(self.model):  # the original weights: no other tab prunes meanwhile
+                    if self._dense is None:
+                        self._dense = copy.deepcopy(self.model)
+                    if s.scores:  # now, not in the first point the room asks for
+                        getattr(self.scores, s.scores)
 
                 def prune(model, method, amount):  # the section's prune, with the shared scores
                     return s.prune(self.scores, model, method, amount)
@@ -287,19 +307,23 @@ class Dashboard:
                     self.model, self.windows, prune,
                     methods=s.methods, amount_label=s.amount_label, amount_max=s.amount_max,
                     step=s.step, title=f"{s.key} {s.title}", cache_dir=self.cache_dir,
-                    model_name=self.model_name, dense_model=self._dense, **self.latency)
+                    model_name=self.model_name, dense_model=self._dense, settings=self.settings,
+                    **self.latency)
                 self._tag(explorer)
                 self.explorers[key] = explorer
                 note = self.pages[key].children[0]
                 self.pages[key].children = (note, explorer.widget)
         return self.explorers[key]
 
-    def precompute(self, keys=None, background: bool = True):
+    def precompute(self, keys=None, background: bool = True, methods=None,
+                   progress: Callable[[int, int], None] | None = None):
         """Measure every tab's grid (all methods, every slider value), behind a progress bar.
 
         Runs in a background thread by default, so the room sees the page at once;
-        a slider moved meanwhile goes first. Points land in the disk cache, so the
-        next session (``make present`` again) finds them ready. Returns the thread.
+        a slider moved meanwhile goes first. The slow methods (``SLOW_METHODS``) come
+        first: every other point answers live within a second or two anyway. Points land
+        in the disk cache, so the next session (``make present`` again) finds them ready.
+        ``methods``: only these (e.g. ``("sparsegpt",)``). Returns the thread.
 
         ``COURSE_PRESENTER_PRECOMPUTE=0`` in the environment (``--no-precompute``) turns it
         off: every point is then measured when the slider first reaches it.
@@ -307,24 +331,34 @@ class Dashboard:
         if os.environ.get(PRECOMPUTE_ENV, "1") == "0":
             self.progress.layout.display = "none"
             return None
+        return self.measure_grids(keys, background, methods, progress)
+
+    def measure_grids(self, keys=None, background: bool = True, methods=None,
+                      progress: Callable[[int, int], None] | None = None):
+        """``precompute`` whatever the environment says (``prepare`` calls it)."""
         keys = list(self.sections) if keys is None else list(keys)
-        total = sum(1 + len(self.sections[k].methods) * round(self.sections[k].amount_max / self.sections[k].step)
-                    for k in keys)
+        work_items = [(k, m) for k in keys for m in self.sections[k].methods
+                      if methods is None or m in methods]
+        work_items.sort(key=lambda km: SLOW_METHODS.index(km[1]) if km[1] in SLOW_METHODS
+                        else len(SLOW_METHODS))
+        counts = [1 + round(self.sections[k].amount_max / self.sections[k].step) for k, _ in work_items]
+        total = sum(counts)
         self.progress.max, self.progress.value = total, 0
         self.progress.layout.display = None
 
         def work():
             done = 0
-            for key in keys:
+            for (key, method), count in zip(work_items, counts):
                 explorer = self.open(key)
-                base = done
 
-                def step(i, _n, base=base):
+                def step(i, _n, base=done):
                     self.progress.value = min(base + i, total)
                     self.progress.description = f"{self.progress.value}/{total} points"
+                    if progress is not None:
+                        progress(self.progress.value, total)
 
-                explorer.precompute(background=False, progress=step)
-                done = self.progress.value
+                explorer.precompute(methods=(method,), background=False, progress=step)
+                done += count
             self.progress.value = total
             self.progress.bar_style = "success"
             self.progress.description = f"all {total} points ready"
@@ -342,6 +376,7 @@ class Dashboard:
         explorer.widget.add_class("explorer")
         explorer.slider.add_class("explorer-slider")
         explorer.method.add_class("explorer-method")
+        explorer.timing_progress.add_class("explorer-timing-progress")
         for name, label in explorer.labels.items():
             label.add_class(f"explorer-{name}")
 
@@ -353,6 +388,35 @@ class Dashboard:
         from IPython.display import display
 
         display(self.widget)
+
+
+def prepare(methods=("sparsegpt",), model_name: str = MODEL, **dashboard) -> dict:
+    """Measure the dashboard's points of ``methods`` into the disk cache, once per machine.
+
+    What ``make run`` does for SparseGPT (the one method whose new points take long):
+    afterwards every SparseGPT point a presenter's slider can reach comes from the cache
+    (keyed by the weights, the windows, the calibration and the timing budget, so a
+    change to any of them measures again). A progress bar shows on a terminal. Returns
+    how many points were measured now and how many were there already. ``dashboard``:
+    arguments of ``Dashboard`` (a test's small model and windows).
+    """
+    from ..core.progress import bar
+
+    d = Dashboard(model_name, **dashboard)
+    keys = [k for k, s in d.sections.items() if set(methods) & set(s.methods)]
+    shown = bar(total=1, desc=f"presenter points ({', '.join(methods)})", unit="point")
+
+    def step(done, total):
+        shown.total = total
+        shown.update(done - shown.n)
+
+    try:
+        d.measure_grids(keys, background=False, methods=tuple(methods), progress=step)
+    finally:
+        shown.close()
+    explorers = [d.explorers[k] for k in keys]
+    return {"measured": sum(e.measurements for e in explorers),
+            "from_disk": sum(e.disk_hits for e in explorers), "cache": str(d.cache_dir)}
 
 
 # ------------------------------------------------------------------------ serving
@@ -395,7 +459,23 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--no-precompute", action="store_true",
                         help="measure each point when the slider first reaches it (no background grid)")
+    parser.add_argument("--prepare", action="store_true",
+                        help="serve nothing: measure the points of --methods into the disk cache (make run)")
+    parser.add_argument("--methods", default="sparsegpt",
+                        help="with --prepare: comma-separated methods (default: sparsegpt)")
     args = parser.parse_args(argv)
+    if args.prepare:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        known = sorted({m for s in SECTIONS for m in s.methods})
+        unknown = [m for m in methods if m not in known]
+        if unknown or not methods:
+            print(f"--methods {args.methods!r}: no dashboard tab has {unknown or 'these'}; choose from "
+                  f"{', '.join(known)}.", file=sys.stderr)
+            return 2
+        done = prepare(methods)
+        print(f"presenter points ready in {done['cache']}: {done['measured']} measured now, "
+              f"{done['from_disk']} already there", flush=True)
+        return 0
     if not NOTEBOOK.exists():
         print(f"{NOTEBOOK} is missing: run this from a checkout of the course.", file=sys.stderr)
         return 2
