@@ -12,7 +12,7 @@ TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run test test-fast lab sync execute bench bench-peers present student clean help
+.PHONY: install run prepare test test-fast lab sync execute bench bench-peers present student clean help
 
 help:
 	@echo "make run      execute every lesson into build/ and print the summary table"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench    the speed and quality benchmark -> bench/results.md"
 	@echo "make bench-peers  our Wanda/SparseGPT vs llm-compressor's -> bench/peers/results.md"
 	@echo "make present  the presenter dashboard (Voila) on http://localhost:$(PORT)/"
+	@echo "make prepare  measure the presenter's SparseGPT points once per machine (its disk cache)"
 	@echo "make student  the student edition (solutions stubbed, outputs cleared) in build/student/"
 
 $(VENV)/bin/python:
@@ -49,7 +50,10 @@ WARM := $(PY) -m course_lib info smollm2-135m >/dev/null && $(PY) -m course_lib 
 run: $(STAMP)
 	$(WARM)
 	$(PY) -m course_lib.teaching.run_all --out build
-	# the presenter's SparseGPT points (its slowest), measured once per machine into the disk cache
+
+# The presenter's SparseGPT points (its slowest), measured once per machine into the disk cache
+# that every later session reads (make present also fills it in the background, slowest first).
+prepare: $(STAMP)
 	$(PY) -m course_lib.teaching.presenter --prepare --methods sparsegpt
 
 # The unit tests run on TEST_WORKERS processes (pytest-xdist, one torch thread

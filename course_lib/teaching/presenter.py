@@ -16,8 +16,8 @@ Four choices keep it live and honest in front of an audience:
 - ``precompute()`` measures every tab's grid in a background thread behind a
   progress bar, the slow methods (SparseGPT, then Wanda) first, and keeps the points
   on disk (``widgets.default_cache_dir()``), keyed by the weights, method, amount,
-  windows and calibration: a second session starts warm. ``--prepare`` (which
-  ``make run`` runs) measures the SparseGPT grid once per machine, in the foreground
+  windows and calibration: a second session starts warm. ``--prepare`` (``make
+  prepare``) measures the SparseGPT grid once per machine, in the foreground
   with a progress bar, into that same cache;
 - a lesson's explorer is built the first time its tab is opened (with the scores
   its methods rank by), so the page is up as soon as the model is loaded.
@@ -393,7 +393,7 @@ class Dashboard:
 def prepare(methods=("sparsegpt",), model_name: str = MODEL, **dashboard) -> dict:
     """Measure the dashboard's points of ``methods`` into the disk cache, once per machine.
 
-    What ``make run`` does for SparseGPT (the one method whose new points take long):
+    What ``make prepare`` does for SparseGPT (the one method whose new points take long):
     afterwards every SparseGPT point a presenter's slider can reach comes from the cache
     (keyed by the weights, the windows, the calibration and the timing budget, so a
     change to any of them measures again). A progress bar shows on a terminal. Returns
@@ -460,7 +460,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-precompute", action="store_true",
                         help="measure each point when the slider first reaches it (no background grid)")
     parser.add_argument("--prepare", action="store_true",
-                        help="serve nothing: measure the points of --methods into the disk cache (make run)")
+                        help="serve nothing: measure the points of --methods into the disk cache (make prepare)")
     parser.add_argument("--methods", default="sparsegpt",
                         help="with --prepare: comma-separated methods (default: sparsegpt)")
     args = parser.parse_args(argv)
