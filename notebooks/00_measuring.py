@@ -33,6 +33,7 @@
 # would decide it; how far a pruned model moves when only its calibration sample changes;
 # and two identical models timed against each other.
 #
+# <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying a lesson elsewhere.* `make test` replays every lesson and compares its printed
 # numbers with the stored ones. Another CPU kind or thread count rounds the last digits
 # differently, so a number agrees when it is within 0.2% of the stored one (or one unit of

@@ -31,6 +31,7 @@
 # 2. that removing those heads gives **the same perplexity** as zeroing them;
 # 3. whether only the removed model is **faster**, because only its matrices shrank.
 #
+# <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
 # within 0.2% (or one unit of the last digit); timings are not compared (lesson 0).
 

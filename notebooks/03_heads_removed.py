@@ -27,6 +27,7 @@
 # the engineer's question: **how much faster should it be, and how much faster
 # is it?** The first answer comes from counting FLOPs, the second from the clock.
 #
+# <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
 # within 0.2% (or one unit of the last digit); timings are not compared (lesson 0).
 

@@ -29,6 +29,7 @@
 # Here we choose which neurons to remove, remove them, and compare the measured
 # speedup with the ideal one.
 #
+# <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
 # within 0.2% (or one unit of the last digit); timings are not compared (lesson 0).
 

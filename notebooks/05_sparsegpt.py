@@ -33,6 +33,7 @@
 # below holds over `DRAWS` calibration draws, each decided by a paired interval on
 # the same evaluation tokens (lesson 0), or it is not claimed.
 #
+# <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
 # within 0.2% (or one unit of the last digit); timings are not compared (lesson 0).
 

@@ -26,6 +26,7 @@
 # would ship. You will see which stage buys speed, which buys size, which costs
 # quality, and whether the gains multiply.
 #
+# <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
 # within 0.2% (or one unit of the last digit), except two cells whose int8 arithmetic
 # rounds differently on each CPU kind, which say their own tolerance; timings are not
@@ -414,9 +415,10 @@ run.claim("on the path to the shipped model, pruning is the stage that costs the
           all(costs["pruned"].low > costs[s].high for s in path if s != "pruned"),
           f"pruned {costs['pruned'].interval()}; the others at most "
           f"{max(costs[s].high for s in path if s != 'pruned'):.3f}", needs_real_model=True)
-run.claim("the PyTorch int8 branch (one scale per tensor, outliers in float) costs more than pruning did",
-          costs["int8 (PyTorch)"].low > costs["pruned"].high,
-          f"int8 {costs['int8 (PyTorch)'].interval()} vs pruned {costs['pruned'].interval()}", needs_real_model=True)
+int8_vs_pruning = ("more than pruning did" if costs["int8 (PyTorch)"].low > costs["pruned"].high else
+                   "as much as pruning did, within the intervals")
+print(f"the PyTorch int8 branch (one scale per tensor, outliers in float), which the shipped model does not "
+      f"take, costs {int8_vs_pruning}: int8 {costs['int8 (PyTorch)'].interval()}, pruned {costs['pruned'].interval()}")
 run.claim("the shipped file is at least 3x smaller than the dense safetensors",
           metrics.file_bytes(files["dense"]) >= 3 * metrics.file_bytes(files["shipped"]),
           f"{metrics.file_bytes(files['dense']) / 1e6:.0f} MB -> {metrics.file_bytes(files['shipped']) / 1e6:.0f} MB",
@@ -561,8 +563,8 @@ checks.check_int8_rows(int8_rows)
 # - **Quality** is lost in pruning (the costliest stage on the path to the shipped
 #   model); the refit's gain after this MLP cut was too small to decide; int8 *activations* with one scale per tensor
 #   break this model, and even with the outlier projections in float the PyTorch int8
-#   branch costs more than pruning did, while 8-bit weights with a scale per block of 32
-#   cost little.
+#   branch costs about as much as pruning (its interval is printed beside pruning's),
+#   while 8-bit weights with a scale per block of 32 cost little.
 # - **Speed**: decoding is bound by the bytes it reads, so the runtime and 8-bit
 #   weights speed it up together; prefill is bound by arithmetic, which a small
 #   structured cut barely reduces, and which the 8-bit kernel did not speed up over
@@ -572,6 +574,6 @@ checks.check_int8_rows(int8_rows)
 #   unties the lm_head from the embedding and writes it twice.
 
 # %% tags=["nbval-ignore-output"]
+shutil.rmtree(WORK, ignore_errors=True)  # this run's files: nothing left behind
 summary.record("06", MODEL, ppl["dense"], ppl["shipped"], 1 / by_stage["shipped"].prefill_speedup.median,
                f"{FRACTION:.2%} MLP + refit + ONNX Runtime {BITS}-bit (shipped)")
-shutil.rmtree(WORK, ignore_errors=True)  # this run's files: nothing left behind

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -61,7 +62,7 @@ from typing import Callable, Sequence
 
 import ipywidgets as widgets
 import torch
-from IPython.display import display
+from IPython.display import Image, display
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -696,11 +697,15 @@ class Explorer:
         with _DRAWING:
             self._drawn, self._drawn_at = drawn, time.perf_counter()
             try:
-                figure = self.figure()
+                png = io.BytesIO()
+                self.figure().savefig(png, format="png")
                 # Written into the widget's own state (not through `with output:` capture,
-                # which needs a live front end): the figure never leaks into the cell.
+                # which needs a live front end): the figure never leaks into the cell. A PNG,
+                # not the Figure: a bare Figure displays as an image only where pyplot's
+                # inline backend happened to be loaded (a Voila kernel that never drew
+                # through pyplot showed "<Figure size ...>").
                 self.plot_output.outputs = ()
-                self.plot_output.append_display_data(figure)
+                self.plot_output.append_display_data(Image(data=png.getvalue(), format="png"))
             except Exception:  # e.g. the lesson drew a figure in another thread meanwhile
                 self._drawn = None  # the old plot stays; the next change draws again
 
