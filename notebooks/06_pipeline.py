@@ -28,8 +28,9 @@
 #
 # <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
-# within 0.2% (or one unit of the last digit), except two cells whose int8 arithmetic
-# rounds differently on each CPU kind, which say their own tolerance; timings are not
+# within 0.2% (or one unit of the last digit), except the cells that print the quality of
+# int8 models, whose arithmetic rounds differently on each CPU kind: they say their own
+# tolerance. Timings are not
 # compared (lesson 0).
 
 # %% tags=["parameters"]
@@ -176,14 +177,27 @@ plots.bars({n.replace("model.layers.", "L").replace("self_attn.", "").replace("m
             for n in sensitive}, ylabel="max|x| / mean|x|", reference=127,
            title=f"the {KEEP_FLOAT} projections with the largest input outliers (line: 127)")
 
-# %%
-variants = {
+# %% [markdown]
+# A model that per-tensor int8 breaks is chaotic: the last bits in which CPU kinds differ
+# (FBGEMM runs other int8 code on AVX2 than on AVX-512; float32 rounds differently; the
+# refit's weights follow) flip int8 codes, and 30 layers of rounding to a few steps amplify
+# the flips into percent of perplexity. So the *quality* of the int8 scheme is measured on
+# its arithmetic simulated in float64 (`quantize.simulated_copy`: the same codes and scales
+# as the kernel, tested equal to it on one projection), which removes the kernels' part;
+# the refit's last bits remain: between AVX2 and AVX-512, 2% here and 5% for int8 in every
+# projection. These two cells are compared within 5% and 10% on replay; the *speed* is
+# measured on the kernels themselves, below.
+
+# %% tags=["replay-rtol-0.05"]
+variants = {  # the kernels: what runs, and what is timed
     "int8, every projection": quantize.quantized_copy(recovered, "dynamic"),
     f"int8, {KEEP_FLOAT} outliers kept float": quantize.quantized_copy(recovered, "dynamic", keep_float=sensitive),
     "torchao int8 weight-only": quantize.quantized_copy(recovered, "torchao-int8-weight"),
 }
 naive, kept, weight_only = variants
-quant_quality = {label: run.quality(m) for label, m in variants.items()}
+quant_quality = {naive: run.quality(quantize.simulated_copy(recovered)),  # the scheme, in float64
+                 kept: run.quality(quantize.simulated_copy(recovered, keep_float=sensitive)),
+                 weight_only: run.quality(variants[weight_only])}  # float activations: not chaotic
 quant_ppl = {label: round(q.perplexity, 2) for label, q in quant_quality.items()}
 for label in (kept, weight_only):
     print(f"{label:<32} perplexity {quant_ppl[label]:7.2f}  (vs the float model: "
@@ -193,11 +207,7 @@ run.claim("weight-only int8 (activations stay float) costs less than 2% perplexi
           weight_only_cost.high < 1.02, str(weight_only_cost))
 
 # %% [markdown]
-# One scale per tensor, set by the outliers, leaves the ordinary activations a handful of
-# int8 steps: the model is broken, and a broken model amplifies the last-digit rounding
-# differences between CPU kinds (AVX2 and AVX-512 run different int8 kernels) into
-# percent. Its perplexity below is compared within 10% on replay; the verdict must hold
-# exactly.
+# And with every projection int8, the outlier channels set every scale:
 
 # %% tags=["replay-rtol-0.1"]
 naive_vs_kept = quant_quality[naive].vs(quant_quality[kept])  # paired, same tokens
@@ -215,6 +225,9 @@ run.claim("int8 activations in every projection cost more perplexity than keepin
 quant_time = run.latency({"float32": recovered, **variants}, runs=RUNS)
 for label in variants:
     print(f"{label:<32} prefill {timing.speedup(quant_time['float32'], quant_time[label])}")
+on_this_cpu = {label: round(run.quality(variants[label]).perplexity, 2) for label in (naive, kept)}
+print("the int8 kernels' own perplexity on this CPU (the simulation's figure plus this CPU's rounding): "
+      + ", ".join(f"{label} {value:.2f} (simulated {quant_ppl[label]:.2f})" for label, value in on_this_cpu.items()))
 
 # %%
 stages["int8 (PyTorch)"] = variants[kept]
@@ -264,9 +277,14 @@ print(f"perplexity: PyTorch {ppl['recovered']:.2f}, ONNX float32 {ppl['ONNX Runt
       f"ONNX {BITS}-bit {ppl['shipped']:.2f}")
 blocks_cost = quality["shipped"].vs(quality["ONNX Runtime"])  # paired: the same graph, 8-bit vs float
 print(f"{BITS}-bit vs float32 ONNX, paired: {blocks_cost}")
+
+# %% [markdown]
+# Against int8 with one scale per tensor (its figure moves 10% between CPU kinds, as above):
+
+# %% tags=["replay-rtol-0.1"]
 run.claim(f"ONNX Runtime's {BITS}-bit blocks cost less than a tenth of what int8 with one scale per tensor costs",
           blocks_cost.high - 1 < 0.1 * (naive_vs_kept.low - 1),
-          f"at most +{blocks_cost.high - 1:.0%} vs at least +{naive_vs_kept.low - 1:.0%}")
+          f"perplexity ratio at most {blocks_cost.high:.2f} vs at least {naive_vs_kept.low:.1f}")
 
 # %% [markdown]
 # ## Disk: bytes of real files
@@ -404,21 +422,22 @@ print(f"the FLOPs of the {FRACTION:.2%} cut allow an ideal prefill speedup of {i
       "prefill gain must come from the runtime's kernels (prefill does the arithmetic, decode reads the weights)")
 print(f"you guessed the shipped model decodes {my_guess_decode_speedup}x faster; measured {final.decode_speedup}")
 
-# %%
+# %% [markdown]
+# Each stage against the one before it, paired on the same tokens. The shipped model's
+# 8-bit arithmetic rounds differently on each CPU kind (0.2% of perplexity between AVX2 and
+# AVX-512 here), so this cell's numbers are compared within 1% on replay.
+
+# %% tags=["replay-rtol-0.01"]
 steps = {"pruned": "dense", "recovered": "pruned", "ONNX Runtime": "recovered", "shipped": "ONNX Runtime",
          "int8 (PyTorch)": "recovered"}  # the last is a branch: the shipped model does not take it
 costs = {stage: quality[stage].vs(quality[before]) for stage, before in steps.items()}  # paired, step by step
-for stage, cost in costs.items():
-    print(f"{stage:>15} vs {steps[stage]:<10} {cost}")
 path = [stage for stage in steps if stage != "int8 (PyTorch)"]
+for stage in path:
+    print(f"{stage:>15} vs {steps[stage]:<10} {costs[stage]}")
 run.claim("on the path to the shipped model, pruning is the stage that costs the most perplexity",
           all(costs["pruned"].low > costs[s].high for s in path if s != "pruned"),
           f"pruned {costs['pruned'].interval()}; the others at most "
           f"{max(costs[s].high for s in path if s != 'pruned'):.3f}", needs_real_model=True)
-int8_vs_pruning = ("more than pruning did" if costs["int8 (PyTorch)"].low > costs["pruned"].high else
-                   "as much as pruning did, within the intervals")
-print(f"the PyTorch int8 branch (one scale per tensor, outliers in float), which the shipped model does not "
-      f"take, costs {int8_vs_pruning}: int8 {costs['int8 (PyTorch)'].interval()}, pruned {costs['pruned'].interval()}")
 run.claim("the shipped file is at least 3x smaller than the dense safetensors",
           metrics.file_bytes(files["dense"]) >= 3 * metrics.file_bytes(files["shipped"]),
           f"{metrics.file_bytes(files['dense']) / 1e6:.0f} MB -> {metrics.file_bytes(files['shipped']) / 1e6:.0f} MB",
@@ -428,6 +447,14 @@ run.claim(f"the shipped model is decidedly worse than dense, and its measured ra
           shipped_vs_dense.low > 1 and shipped_vs_dense.ratio <= BUDGET, str(shipped_vs_dense), needs_real_model=True)
 print(f"the budget decided by the interval too: {'yes' if shipped_vs_dense.high <= BUDGET else 'no'} "
       f"(its upper end: {shipped_vs_dense.high:.3f})")
+
+# %% [markdown]
+# The PyTorch int8 branch, beside the path (its figures move 5% between CPU kinds, as above):
+
+# %% tags=["replay-rtol-0.05"]
+print(f"{'int8 (PyTorch)':>15} vs {steps['int8 (PyTorch)']:<10} {costs['int8 (PyTorch)']}")
+print(f"the PyTorch int8 branch (one scale per tensor, outliers in float), which the shipped model does not "
+      f"take, beside pruning: int8 {costs['int8 (PyTorch)'].interval()}, pruned {costs['pruned'].interval()}")
 
 # %% [markdown]
 # ## Serving: greedy generation, the same prompt
@@ -562,9 +589,9 @@ checks.check_int8_rows(int8_rows)
 #   Unstructured zeros shrink a file only compressed or in a bitmask.
 # - **Quality** is lost in pruning (the costliest stage on the path to the shipped
 #   model); the refit's gain after this MLP cut was too small to decide; int8 *activations* with one scale per tensor
-#   break this model, and even with the outlier projections in float the PyTorch int8
-#   branch costs about as much as pruning (its interval is printed beside pruning's),
-#   while 8-bit weights with a scale per block of 32 cost little.
+#   break this model; even with the outlier projections in float the PyTorch int8
+#   branch costs a perplexity ratio in pruning's range or above (both intervals are
+#   printed side by side), while 8-bit weights with a scale per block of 32 cost little.
 # - **Speed**: decoding is bound by the bytes it reads, so the runtime and 8-bit
 #   weights speed it up together; prefill is bound by arithmetic, which a small
 #   structured cut barely reduces, and which the 8-bit kernel did not speed up over

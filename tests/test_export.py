@@ -13,6 +13,7 @@ from course_lib.core import arch, models
 from course_lib.pruning import heads as H
 from course_lib.pruning import io, recipes
 from course_lib.pruning import mlp as M
+from fresh_process import bare_env
 
 X = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
 
@@ -20,8 +21,9 @@ X = torch.randint(0, 256, (2, 20), generator=torch.Generator().manual_seed(3))
 FRESH = """
 import sys, torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-X = torch.load(sys.argv[1])
-for folder in sys.argv[2:]:
+torch.set_num_threads(int(sys.argv[1]))
+X = torch.load(sys.argv[2])
+for folder in sys.argv[3:]:
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
     AutoTokenizer.from_pretrained(folder)  # the tokenizer lies beside the weights
     with torch.no_grad():
@@ -32,8 +34,9 @@ assert not any(m.startswith("course_lib") for m in sys.modules), "course_lib was
 
 def fresh_logits(tmp_path, folders):
     torch.save(X, tmp_path / "x.pt")
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)}  # no PYTHONPATH
-    done = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path / "x.pt"), *map(str, folders)],
+    env = bare_env(HOME=str(tmp_path))  # no PYTHONPATH; the same instruction set as this process
+    done = subprocess.run([sys.executable, "-c", FRESH, str(torch.get_num_threads()), str(tmp_path / "x.pt"),
+                           *map(str, folders)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return [torch.load(f"{f}/fresh_logits.pt") for f in folders]

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from course_lib.core import arch, models
 from course_lib.pruning import io
 from course_lib.pruning import layers as L
+from fresh_process import bare_env
 
 TINY = list(models.BASE_TINY)
 X = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(3))
@@ -136,7 +137,7 @@ FRESH = textwrap.dedent("""
 
 def reload_in_fresh_process(folder, ids, tmp_path):
     target = tmp_path / "logits.pt"
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    env = bare_env()
     subprocess.run([sys.executable, "-c", FRESH, str(folder), json.dumps(ids.tolist()), str(target),
                     str(torch.get_num_threads())],
                    check=True, env=env, cwd=tmp_path, timeout=300)

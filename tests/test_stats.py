@@ -58,6 +58,18 @@ def test_more_text_estimate_is_what_decides_text_like_this():
     assert not stats.paired_ratio(base.repeat(max(1, k // 4), 1), other.repeat(max(1, k // 4), 1)).decided
 
 
+def test_two_computations_of_one_function_read_the_same_not_more_text():
+    # a runtime's logits vs PyTorch's: per-token differences of rounding size. The estimate
+    # of "more text" divides by their mean, which the CPU's last bits choose: not printed.
+    base, _ = _nll(0.0, 0.3, 5)
+    g = torch.Generator().manual_seed(6)
+    twin = base + 1e-6 * torch.randn(base.shape, generator=g, dtype=torch.float64)
+    same = stats.paired_ratio(base, twin)
+    assert not same.decided and "the same to within 0.1%" in str(same) and "more text" not in str(same)
+    base, other = _nll(0.0, 0.3, 2)  # a tie of two different models still says what would decide it
+    assert "more text would decide it" in str(stats.paired_ratio(base, other))
+
+
 def test_the_interval_is_the_same_on_every_run():
     base, other = _nll(0.1, 0.3, 5)
     assert str(stats.paired_ratio(base, other)) == str(stats.paired_ratio(base.clone(), other.clone()))

@@ -41,6 +41,7 @@ import torch
 BLOCK = 32         # tokens per bootstrap block
 RESAMPLES = 2000   # bootstrap resamples
 LEVEL = 0.95       # interval coverage
+SAME_WITHIN = 0.001  # an undecided interval this close to 1 reads "the same", not "more text would decide"
 SEED = 0           # the bootstrap's generator: the same inputs give the same interval anywhere
 
 
@@ -107,6 +108,10 @@ class PairedRatio:
         """How much more text would decide an undecided comparison, in words."""
         if self.decided:
             return ""
+        if max(abs(self.low - 1), abs(self.high - 1)) < SAME_WITHIN:
+            # two computations of one function (a runtime, a float64 twin): the estimate of
+            # how much text would separate them divides by a difference of rounding errors
+            return f"the same to within {SAME_WITHIN:.1%} at this size"
         if not math.isfinite(self.more_text) or self.more_text > 1000:
             return "not distinguishable at this size: no amount of text in reach would separate them"
         return f"not distinguishable at this size: about {math.ceil(self.more_text)}x more text would decide it"
