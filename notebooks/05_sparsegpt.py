@@ -35,7 +35,8 @@
 #
 # <!-- quoted: the replay tolerance this notebook's metadata sets (course.replay_rtol) -->
 # *Replaying this lesson elsewhere*: its printed numbers are compared with the stored ones
-# within 0.2% (or one unit of the last digit); timings are not compared (lesson 0).
+# within 0.2% (or one unit of the last digit), except three cells of SparseGPT's figures,
+# which say their own tolerance; timings are not compared (lesson 0).
 
 # %% tags=["parameters"]
 MODEL = "smollm2-135m"  # original lesson: "TinyLlama/TinyLlama-1.1B-Chat-v1.0" (needs the internet once)
@@ -201,7 +202,14 @@ PRUNERS = {
 my_guess_best_at_50 = "sparsegpt"  # "magnitude", "wanda" or "sparsegpt"
 print(f"your guess: {my_guess_best_at_50}")
 
-# %%
+# %% [markdown]
+# *Replaying these cells elsewhere.* SparseGPT chooses a row's zeros block by block, each
+# choice after the updates of the ones before: a last-bit difference between CPU kinds
+# (AVX2, AVX-512) can flip a near-tie, and the flip changes every later update of that row.
+# Between the two, its perplexities moved by up to 0.3% at 50% and 2% at 70%, so the next
+# two cells are compared within 1% and 2% on replay, and the 70% cell within 5%.
+
+# %% tags=["replay-rtol-0.01"]
 draws = [run.calibration(d) for d in range(DRAWS)]  # draw 0 is the lesson's calibration windows
 at_50, seconds = {"magnitude": []}, {}
 started = time.perf_counter()
@@ -220,7 +228,7 @@ for method in ("wanda", "sparsegpt"):
     print(f"{method:>10} 50%: " + ", ".join(f"draw {d} {q.perplexity:.2f}" for d, q in enumerate(at_50[method])))
 print(f" magnitude 50%: {at_50['magnitude'][0].perplexity:.2f} (no calibration)")
 
-# %%
+# %% tags=["replay-rtol-0.02"]
 vs_magnitude = {m: [q.vs(at_50["magnitude"][0]) for q in at_50[m]] for m in ("wanda", "sparsegpt")}
 run.claim("SparseGPT and Wanda stay far below magnitude at 50%: under half its perplexity in every draw",
           all(c.high < 0.5 for cs in vs_magnitude.values() for c in cs),
@@ -266,7 +274,7 @@ plots.intervals({f"draw {d}": (c.ratio, c.low, c.high) for d, c in enumerate(ran
 # models of billions of parameters. At 70%, this 135M model, with SparseGPT (one
 # draw; the explorer below has the other methods):
 
-# %%
+# %% tags=["replay-rtol-0.05"]
 handle = PRUNERS["sparsegpt"](model, 0.7, calib)
 at_70 = run.quality()
 handle.restore()

@@ -371,7 +371,8 @@ def test_timing_stops_once_the_interval_clears_one_and_not_before(monkeypatch, c
     assert not shown[0].timed and shown[0].perplexity == p.perplexity  # the first number came first
 
 
-def test_a_seeded_point_is_shown_at_once_and_only_timed_when_the_slider_lands_on_it(tmp_path):
+def counting_explorer(**options):
+    """An explorer on two windows, a third as the "other" text, whose prunes are counted."""
     model, windows = tiny(seq_len=16, n_eval=3)
     prunes = []
 
@@ -380,7 +381,12 @@ def test_a_seeded_point_is_shown_at_once_and_only_timed_when_the_slider_lands_on
         return prune(m, method, amount)
 
     explorer = Explorer(model, windows[:2], counting, latency_tokens=8, latency_runs=2,
-                        also_on={"other": windows[2:]}, cache_dir=tmp_path, model_name="tiny")
+                        also_on={"other": windows[2:]}, **options)
+    return explorer, prunes, counting, model, windows
+
+
+def test_a_seeded_point_is_shown_at_once_and_only_timed_when_the_slider_lands_on_it(tmp_path):
+    explorer, prunes, counting, model, windows = counting_explorer(cache_dir=tmp_path, model_name="tiny")
     with pytest.raises(ValueError, match="other_perplexity has no figure for \\['other'\\]"):
         explorer.seed("magnitude", 0.6, 123.4)
     seeded = explorer.seed("magnitude", 0.6, 123.4, {"other": 56.7})
@@ -433,15 +439,7 @@ def test_a_second_session_reuses_the_points_from_disk(tmp_path):
 
 
 def test_also_on_measures_other_texts_from_the_same_pruned_weights():
-    model, windows = tiny(seq_len=16, n_eval=3)
-    prunes = []
-
-    def counting(m, method, amount):
-        prunes.append((method, amount))
-        return prune(m, method, amount)
-
-    explorer = Explorer(model, windows[:2], counting, latency_tokens=8, latency_runs=2,
-                        also_on={"other": windows[2:]})
+    explorer, prunes, _, model, windows = counting_explorer()
     p = explorer.point("magnitude", 0.6)
     assert prunes == [("magnitude", 0.6)]  # one prune serves both texts
     handle = prune(model, "magnitude", 0.6)
