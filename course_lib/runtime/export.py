@@ -325,8 +325,8 @@ def quantize_onnx(source: str | Path, target: str | Path, method: str = "nbits",
             if unknown:
                 raise ValueError(f"blockwise names {unknown[:3]} are not MatMul nodes of {source.name} "
                                  f"(e.g. {sorted(known)[:2]}).")
-            root = logging.getLogger()
-            level, root.level = root.level, logging.ERROR  # "consider pre-processing": not for this graph
+            root, level = logging.getLogger(), logging.getLogger().level
+            root.setLevel(logging.ERROR)  # its "consider pre-processing" warning goes to the root logger
             try:
                 quantization.quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"],
                                               weight_type=quantization.QuantType.QInt8,
