@@ -188,6 +188,8 @@ def test_ship_opens_a_saved_folder_of_another_shape(capsys, tmp_path):
 @pytest.mark.parametrize("argv,option", [
     (["--bits", "5"], "--bits"), (["--fraction", "1.5"], "--fraction"), (["--runs", "0"], "--runs"),
     (["--keep-float", "-1"], "--keep-float"), (["--recipe", "wanda"], "--recipe"),
+    (["--shipped", "gptq"], "--shipped"), (["--alpha", "1.5"], "--alpha"), (["--alpha", "x"], "--alpha"),
+    (["--shipped", "int8", "--bits", "4"], "--shipped int8"),
 ])
 def test_ship_bad_options_are_one_line_exit_2(capsys, argv, option):
     assert main(["ship", MODEL, *argv]) == 2
@@ -205,3 +207,28 @@ def test_any_two_stages_compare_paired_from_the_one_measurement(shipped):
     ratios = [a / b for a, b in zip(rows["ONNX Runtime"].measurements["prefill"].times_ms,
                                     rows["shipped"].measurements["prefill"].times_ms)]
     assert shipped_over_onnx.median == pytest.approx(float(np.median(ratios)))  # paired run by run
+
+
+def test_ship_int8_smooths_then_runs_integer_gemms(capsys, tmp_path):
+    """``--shipped int8``: the float ONNX stage is the smoothed model (the same function as the
+    recovered one), the shipped file runs int8 GEMMs, and the JSON says so."""
+    from course_lib.runtime import smooth
+
+    assert main(["ship", MODEL, "--shipped", "int8", *FAST, "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shipped"] == "int8" and "SmoothQuant" in out["shipped_note"]
+    assert ship.SHIPPED == pipeline.SHIPPED and ship.ALPHA == smooth.ALPHA  # the CLI's copies
+    by_stage = {s["stage"]: s for s in out["stages"]}
+    assert by_stage["shipped"]["note"] == out["shipped_note"]
+    assert by_stage["ONNX Runtime"]["perplexity"] == pytest.approx(by_stage["recovered"]["perplexity"], rel=1e-3)
+    assert by_stage["shipped"]["perplexity"] <= 1.02 * by_stage["recovered"]["perplexity"]
+    assert by_stage["shipped"]["disk_bytes"] < by_stage["dense"]["disk_bytes"] / 2
+    int8_files = list((tmp_path / "onnx").glob("*-int8.onnx"))
+    assert len(int8_files) == 1
+    assert export.OrtModel(int8_files[0]).op_types().get("MatMulInteger", 0) > 0
+
+
+def test_ship_int8_refuses_a_family_it_cannot_smooth(capsys):
+    assert main(["ship", "tiny-gemma3", "--shipped", "int8", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SmoothQuant" in err and "nbits" in err, err

@@ -3,11 +3,14 @@
     python -m course_lib ship smollm2-135m --json
     python -m course_lib ship smollm2-135m --fraction 0.25 --bits 4 --out shipped/
     python -m course_lib ship tiny-gemma3 --recipe heads --fraction 0.5
+    python -m course_lib ship smollm2-135m --shipped int8 --json    # SmoothQuant + int8 GEMMs
 
 Prints one JSON object with ``--json``: ``{"model": ..., "stages": [{"stage",
 "perplexity", "prefill_speedup", "decode_speedup", "disk_bytes", "seconds",
 "tokens_per_s"}, ...]}``. The first stage is the dense fp32 PyTorch model, the last
-the shipped one (ONNX Runtime, 8- or 4-bit weights); speedups are against the dense
+the shipped one (ONNX Runtime: ``--shipped nbits``, 8- or 4-bit weight-only MatMulNBits, or
+``--shipped int8``, SmoothQuant then int8 weights and activations; the JSON's ``shipped`` names
+the method and ``shipped_note`` says what it holds); speedups are against the dense
 model, measured interleaved in the same run (``runtime.pipeline``); ``tokens_per_s``
 (dense and shipped) is greedy generation at batch 1 and 8. ``MODEL`` may be a folder
 written by ``prune --save``.
@@ -23,6 +26,19 @@ from . import options
 
 FRACTION = 0.1875  # removed per layer (or of the layers): lesson 6's choice on SmolLM2 (its quality budget)
 KEEP_FLOAT = 8  # projections with the largest activation outliers kept float in PyTorch int8 (lesson 6)
+SHIPPED = ("nbits", "int8")  # runtime.pipeline.SHIPPED, without importing torch for --help
+ALPHA = 0.65  # runtime.smooth.ALPHA
+
+
+def alpha(text: str) -> float:
+    """``--alpha``: SmoothQuant's migration strength, a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the migration strength is a number in [0, 1]")
+    return value
 
 
 def bits(text: str) -> int:
@@ -34,6 +50,8 @@ def bits(text: str) -> int:
 
 def cmd_ship(args) -> dict:
     check_recipe(args.recipe)  # the options first: no torch needed
+    if args.shipped == "int8" and args.bits != 8:
+        raise ValueError(f"--bits {args.bits}: --shipped int8 is 8-bit (int8 weights and activations).")
     from ..core import data, timing
     from ..runtime import pipeline, serve
     from .main import load  # the command line's loader: course names, hub ids and saved folders
@@ -47,9 +65,11 @@ def cmd_ship(args) -> dict:
         folder = Path(args.out).expanduser() if args.out else Path(tmp)
         shipped = pipeline.run(model, windows, folder, fraction=args.fraction, keep_float=args.keep_float,
                                bits=args.bits, recover=args.recover, log=lambda *_: None, recipe=args.recipe,
+                               shipped=args.shipped, alpha=args.alpha,
                                tokens=args.latency_tokens, runs=args.runs, threads=args.threads)
         rows = [row.as_dict() for row in shipped.rows]
     result = {"model": args.model, "recipe": args.recipe, "fraction": args.fraction, "bits": args.bits,
+              "shipped": args.shipped, "shipped_note": pipeline.shipped_note(args.shipped, args.bits, args.alpha),
               "stages": rows, "eval_tokens": windows.eval_tokens,
               "workload": f"prefill 1x{args.latency_tokens}; decode 16 tokens after 32; greedy generation of "
                           f"16 tokens after 32 at batch {' and '.join(map(str, serve.SERVE_BATCHES))} "
@@ -70,7 +90,12 @@ def register(sub, common, eval_args) -> None:
                              "or of the layers (layers)")
     parser.add_argument("--no-recover", dest="recover", action="store_false",
                         help="skip the refit stage")
-    parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8)")
+    parser.add_argument("--bits", type=bits, default=8, help="ONNX Runtime weight bits (4 or 8; nbits only)")
+    parser.add_argument("--shipped", choices=SHIPPED, default="nbits",
+                        help="the shipped file: nbits (weight-only MatMulNBits) or int8 (SmoothQuant, then int8 "
+                             "weights and activations: faster prefill)")
+    parser.add_argument("--alpha", type=alpha, default=ALPHA,
+                        help="SmoothQuant migration strength in [0, 1] (--shipped int8)")
     parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=KEEP_FLOAT,
                         help="projections of largest activation outliers kept float in the PyTorch int8 stage")
     eval_args(parser)  # --source, --seq-len, --n-eval, --n-calib, --latency-tokens, --runs

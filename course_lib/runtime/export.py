@@ -24,7 +24,18 @@ is worth it only if three things hold, and this module measures each:
      channels from drowning the others.
    - ``"dynamic"``: ``quantize_dynamic``, int8 weights per tensor *and* int8
      activations quantized per call: int8 GEMMs, but one scale for a whole
-     activation row cannot hold a small model's outlier channels.
+     activation tensor cannot hold a small model's outlier channels.
+   - ``"int8"``: the same int8 GEMMs (``DynamicQuantizeMatMul`` once ONNX Runtime has
+     fused the graph: the activations rounded to uint8 with one scale per call) with
+     one weight scale per output channel, the lm_head included, and the embedding
+     4-bit. Meant for a model whose outlier channels were first moved into the
+     weights (``smooth.smoothed_copy``): that is what makes int8 activations hold.
+     The weights use ONNX Runtime's reduced range (7 bits, [-64, 64]): without VNNI
+     (AVX2) the uint8 x int8 kernel sums pairs in int16 and would saturate at 8 bits.
+     Prefill is arithmetic-bound, and these are integer GEMMs on every MatMul:
+     measured on ship's SmolLM2 (``bench/results.md``, 1 thread) prefill 2.96x dense
+     PyTorch where ``nbits`` gives 0.99x and float32 ONNX 1.35x; decode 3.66x (nbits 2.95x);
+     perplexity +8% over float32 ONNX after smoothing (nbits +2%), +61% without it.
 
 The export carries the KV cache as plain tensors (inputs ``past_*``, outputs
 ``present_*``), so the same file runs the prefill (empty past) and the decoding
@@ -48,7 +59,7 @@ from ..core import arch
 from .optional import require
 
 LOGIT_TOLERANCE = 1e-3  # max |ORT - PyTorch| / max |PyTorch logits| accepted for float32 exports
-ORT_METHODS = ("nbits", "dynamic")
+ORT_METHODS = ("nbits", "dynamic", "int8")
 
 
 class _Step(nn.Module):
@@ -252,25 +263,57 @@ def ort_perplexity(session: OrtModel, windows: torch.Tensor, batch_size: int = 4
 def check_ort_method(method: str, bits: int) -> None:
     if method not in ORT_METHODS:
         raise ValueError(f"ONNX Runtime quantization method {method!r} is unknown: use one of {ORT_METHODS} "
-                         "('nbits': weight-only MatMulNBits; 'dynamic': int8 weights and activations).")
+                         "('nbits': weight-only MatMulNBits; 'dynamic': int8 weights and activations; "
+                         "'int8': the same with per-channel weights and a 4-bit embedding).")
     if method == "nbits" and bits not in (4, 8):
         raise ValueError(f"bits={bits}: MatMulNBits takes 4 or 8 bits.")
-    if method == "dynamic" and bits != 8:
-        raise ValueError(f"bits={bits}: quantize_dynamic is int8 only (bits=8).")
+    if method in ("dynamic", "int8") and bits != 8:
+        raise ValueError(f"bits={bits}: the {method!r} method is int8 only (bits=8).")
+
+
+def matmul_nodes(path: str | Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is a weight (an initializer): what the int8
+    methods quantize, e.g. ``/model/layers.0/mlp/down_proj/MatMul`` and ``/lm_head/MatMul``."""
+    onnx = require("onnx", what="reading an ONNX graph")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {init.name for init in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def _nbits_pass(model, ops: tuple[str, ...], bits: int, block_size: int, accuracy_level: int | None):
+    """One pass of ONNX Runtime's block-wise quantizer over the ``ops`` nodes of ``model``."""
+    nbits = require("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime",
+                    what="MatMulNBits quantization")
+    axes = (("MatMul", 0), ("Gather", 1))
+    config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, bits=bits,
+                                                op_types_to_quantize=ops, quant_axes=axes,
+                                                accuracy_level=accuracy_level)
+    quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=True,
+                                           op_types_to_quantize=ops, accuracy_level=accuracy_level,
+                                           quant_axes=axes, algo_config=config)
+    quantizer.process()
+    return quantizer.model.model
 
 
 def quantize_onnx(source: str | Path, target: str | Path, method: str = "nbits", bits: int = 8,
-                  block_size: int = 32, embedding: bool = True, accuracy_level: int | None = 4) -> Path:
+                  block_size: int = 32, embedding: bool = True, accuracy_level: int | None = 4,
+                  blockwise: tuple[str, ...] = ()) -> Path:
     """Quantize the MatMuls of an ONNX file with ONNX Runtime's own tools; returns ``target``.
 
     ``nbits``: ``MatMulNBits`` (symmetric, ``block_size`` weights per scale; ``accuracy_level``
     4: int8 kernels on per-block int8 activations, ``None``: float kernels on dequantized weights).
     ``dynamic``: ``quantize_dynamic``, int8 weights and per-call int8 activations.
-    ``embedding`` (nbits only): the token embedding's ``Gather`` too, 4-bit (``GatherBlockQuantized``
+    ``int8``: the same with one weight scale per output channel (smooth the model first).
+    ``embedding`` (nbits, int8): the token embedding's ``Gather`` too, 4-bit (``GatherBlockQuantized``
     takes no other width);
     in a small model the embedding is a fifth of the weights, so it decides the file size.
+    ``blockwise`` (int8 only): names of MatMul nodes (``matmul_nodes`` lists them) that keep
+    ``nbits``' 8-bit MatMulNBits instead, whose activations get one scale per block of 32: for
+    the projections whose inputs int8 with one scale per call still hurts.
     """
     check_ort_method(method, bits)
+    if blockwise and method != "int8":
+        raise ValueError(f"blockwise is for the 'int8' method: {method!r} treats every MatMul alike.")
     onnx = require("onnx", what="ONNX Runtime quantization")
     quantization = require("onnxruntime.quantization", "onnxruntime", what="ONNX Runtime quantization")
     source, target = Path(source), Path(target)
@@ -278,26 +321,33 @@ def quantize_onnx(source: str | Path, target: str | Path, method: str = "nbits",
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        if method == "dynamic":
-            quantization.quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"],
-                                          weight_type=quantization.QuantType.QInt8)
+        if method in ("dynamic", "int8"):
+            known = set(matmul_nodes(source))
+            unknown = sorted(set(blockwise) - known)
+            if unknown:
+                raise ValueError(f"blockwise names {unknown[:3]} are not MatMul nodes of {source.name} "
+                                 f"(e.g. {sorted(known)[:2]}).")
+            root, level = logging.getLogger(), logging.getLogger().level
+            root.setLevel(logging.ERROR)  # its "consider pre-processing" warning goes to the root logger
+            try:
+                quantization.quantize_dynamic(str(source), str(target), op_types_to_quantize=["MatMul"],
+                                              weight_type=quantization.QuantType.QInt8,
+                                              per_channel=method == "int8", nodes_to_exclude=list(blockwise))
+            finally:
+                root.setLevel(level)
+            if method == "int8":
+                # the MatMuls left (``blockwise``) at 8 bits, then the embedding's Gather at 4
+                passes = ([(("MatMul",), 8)] if blockwise else []) + ([(("Gather",), 4)] if embedding else [])
+                model = onnx.load(str(target))
+                for ops, width in passes:
+                    model = _nbits_pass(model, ops, width, block_size, accuracy_level)
+                onnx.save(model, str(target))
         else:
-            nbits = require("onnxruntime.quantization.matmul_nbits_quantizer", "onnxruntime",
-                            what="MatMulNBits quantization")
             model = onnx.load(str(source))
             # MatMuls at ``bits``; the embedding's Gather can only be 4-bit (GatherBlockQuantized)
             passes = [(("MatMul",), bits)] + ([(("Gather",), 4)] if embedding else [])
             for ops, width in passes:
-                config = nbits.DefaultWeightOnlyQuantConfig(
-                    block_size=block_size, is_symmetric=True, bits=width, op_types_to_quantize=ops,
-                    quant_axes=(("MatMul", 0), ("Gather", 1)), accuracy_level=accuracy_level)
-                quantizer = nbits.MatMulNBitsQuantizer(model, bits=width, block_size=block_size,
-                                                       is_symmetric=True, op_types_to_quantize=ops,
-                                                       accuracy_level=accuracy_level,
-                                                       quant_axes=(("MatMul", 0), ("Gather", 1)),
-                                                       algo_config=config)
-                quantizer.process()
-                model = quantizer.model.model
+                model = _nbits_pass(model, ops, width, block_size, accuracy_level)
             onnx.save(model, str(target))
     for side in target.parent.glob(target.name + ".data"):
         os.remove(side)  # never expected: the weights stay inside the .onnx file

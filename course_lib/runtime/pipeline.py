@@ -25,6 +25,10 @@ data-aware scores, ``recipes.SCORES``), the recovery is ``recover.repair.refit``
 projections whose input narrowed, refitted layer by layer to the dense outputs), the PyTorch int8 stage is
 ``quantize.quantized_copy`` with the projections of largest activation outliers
 kept in float, and the runtime is ``export`` (ONNX, ONNX Runtime, ``MatMulNBits``).
+``run(..., shipped="int8")`` ships int8 arithmetic instead: the recovered model's activation
+outliers moved into its weights (``smooth``, SmoothQuant), then per-channel int8 weights and
+int8 activations in every MatMul (``export.quantize_onnx(..., "int8")``): prefill is
+arithmetic-bound and gains from integer GEMMs, which weight-only 8-bit does not give it.
 """
 from __future__ import annotations
 
@@ -42,10 +46,18 @@ from ..core.names import STRUCTURED, check_recipe
 from ..pruning import io, recipes
 from ..recover import repair
 from ..recover.recipes import can_refit
-from . import export, quantize, serve, speed, store
+from . import export, quantize, serve, smooth, speed, store
 
 RECIPES = STRUCTURED  # the structured cut: every layer's heads or MLP neurons, or whole layers
 SERVED = ("dense", "shipped")  # the stages whose greedy tokens/s is measured
+SHIPPED = ("nbits", "int8")  # what the shipped file is: weight-only MatMulNBits, or smoothed int8 GEMMs
+
+
+def check_shipped(shipped: str) -> str:
+    if shipped not in SHIPPED:
+        raise ValueError(f"shipped={shipped!r}: use one of {SHIPPED} ('nbits': ONNX Runtime's MatMulNBits, "
+                         "weight-only; 'int8': SmoothQuant, then int8 weights and activations).")
+    return shipped
 
 
 @dataclass
@@ -176,6 +188,21 @@ def cached_nbits(fp32_file: str | Path, bits: int = 8) -> Path:
                            lambda p: export.quantize_onnx(fp32_file, p, "nbits", bits))
 
 
+def cached_int8(fp32_file: str | Path) -> Path:
+    """``fp32_file`` (a smoothed model's export) with int8 GEMMs and a 4-bit embedding, reused if present."""
+    fp32_file = Path(fp32_file)
+    return _written_beside(fp32_file.with_name(f"{fp32_file.stem}-int8.onnx"),
+                           lambda p: export.quantize_onnx(fp32_file, p, "int8", 8))
+
+
+def shipped_note(shipped: str, bits: int, alpha: float = smooth.ALPHA) -> str:
+    """What the shipped file is, in words (the ``ship`` JSON carries it)."""
+    if shipped == "int8":
+        return (f"ONNX Runtime int8 GEMMs: SmoothQuant (alpha {alpha:g}) folded into the weights, "
+                "per-channel int8 weights, int8 activations per call, lm_head int8, 4-bit embedding")
+    return f"ONNX Runtime, {bits}-bit weights (MatMulNBits, int8 kernels), 4-bit embedding"
+
+
 # ------------------------------------------------------------------------ measuring
 def perplexity(stage, windows: torch.Tensor) -> float:
     """Perplexity of a PyTorch model or an ONNX Runtime session (one definition)."""
@@ -247,15 +274,24 @@ class Shipped:
 
 def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float,
         keep_float: int, bits: int = 8, recover: bool = True, log=print,
-        recipe: str = "mlp", **timing_options) -> Shipped:
-    """Dense -> pruned -> recovered -> int8 (PyTorch) -> ONNX Runtime -> shipped (ONNX Runtime, ``bits``).
+        recipe: str = "mlp", shipped: str = "nbits", alpha: float = smooth.ALPHA, **timing_options) -> Shipped:
+    """Dense -> pruned -> recovered -> int8 (PyTorch) -> ONNX Runtime -> shipped (ONNX Runtime).
 
     ``fraction``: of every layer's MLP neurons or heads, or of the layers, removed; ``keep_float``:
     how many projections (largest activation outliers first) stay float in the PyTorch int8 stage.
     ``model`` is never changed (every stage is a copy). Files go to ``folder``.
     ``recipe``: the structured cut (``RECIPES``); after whole layers are removed
     there is no layer left to refit, so no recovered stage.
+    ``shipped``: ``"nbits"`` (``bits``-bit MatMulNBits) or ``"int8"`` (SmoothQuant with ``alpha`` on
+    the calibration windows, then int8 GEMMs; ``bits`` must be 8). With ``"int8"`` the float ONNX
+    stage is the smoothed model's export: the same function (``smooth``), the file the int8 one
+    is made from.
     """
+    check_shipped(shipped)
+    if shipped == "int8":
+        export.check_ort_method("int8", bits)
+        smooth.check_alpha(alpha)
+        smooth.check_smoothable(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     stages, seconds, notes = {"dense": model}, {}, {"dense": "float32 PyTorch"}
@@ -282,22 +318,25 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
     notes["int8 (PyTorch)"] = f"dynamic int8, the {keep_float} projections of largest outliers float"
 
     started = time.perf_counter()
-    fp32_file = cached_export(last, folder / "onnx")
+    source = last
+    if shipped == "int8":
+        source = smooth.smoothed_copy(last, smooth.channel_peaks(last, windows.calib), alpha)
+    fp32_file = cached_export(source, folder / "onnx")
     seconds["ONNX Runtime"] = time.perf_counter() - started
     started = time.perf_counter()
-    nbits_file = cached_nbits(fp32_file, bits)
+    shipped_file = cached_int8(fp32_file) if shipped == "int8" else cached_nbits(fp32_file, bits)
     seconds["shipped"] = time.perf_counter() - started
     threads = timing_options.get("threads", 2)
     stages["ONNX Runtime"] = export.OrtModel(fp32_file, threads)
-    stages["shipped"] = export.OrtModel(nbits_file, threads)
-    notes["ONNX Runtime"] = "float32 ONNX"
-    notes["shipped"] = f"ONNX Runtime, {bits}-bit weights (MatMulNBits, int8 kernels), 4-bit embedding"
+    stages["shipped"] = export.OrtModel(shipped_file, threads)
+    notes["ONNX Runtime"] = "float32 ONNX" + (" (smoothed: the same function)" if shipped == "int8" else "")
+    notes["shipped"] = shipped_note(shipped, bits, alpha)
     log(f"exported in {seconds['ONNX Runtime']:.1f} s, quantized in {seconds['shipped']:.1f} s")
 
     files = {"dense": store.save_safetensors(model, folder / "dense.safetensors"),
              "pruned": store.save_safetensors(stages["pruned"], folder / "pruned.safetensors"),
              "int8 (PyTorch)": store.save_torch(stages["int8 (PyTorch)"], folder / "int8.pt"),
-             "ONNX Runtime": fp32_file, "shipped": nbits_file}
+             "ONNX Runtime": fp32_file, "shipped": shipped_file}
     if "recovered" in stages:
         files["recovered"] = store.save_safetensors(stages["recovered"], folder / "recovered.safetensors")
     rows = measure(stages, files, windows.eval, seconds, notes, **timing_options)
