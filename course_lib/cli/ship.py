@@ -21,24 +21,19 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from ..core.names import STRUCTURED, check_recipe
+from ..core.names import SHIPPED, SMOOTH_ALPHA, STRUCTURED, check_alpha, check_recipe
 from . import options
 
 FRACTION = 0.1875  # removed per layer (or of the layers): lesson 6's choice on SmolLM2 (its quality budget)
 KEEP_FLOAT = 8  # projections with the largest activation outliers kept float in PyTorch int8 (lesson 6)
-SHIPPED = ("nbits", "int8")  # runtime.pipeline.SHIPPED, without importing torch for --help
-ALPHA = 0.65  # runtime.smooth.ALPHA
 
 
 def alpha(text: str) -> float:
     """``--alpha``: SmoothQuant's migration strength, a number in [0, 1]."""
     try:
-        value = float(text)
+        return check_alpha(float(text))
     except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the migration strength is a number in [0, 1]")
-    return value
+        raise argparse.ArgumentTypeError(f"{text!r}: the migration strength is a number in [0, 1]") from None
 
 
 def bits(text: str) -> int:
@@ -94,7 +89,7 @@ def register(sub, common, eval_args) -> None:
     parser.add_argument("--shipped", choices=SHIPPED, default="nbits",
                         help="the shipped file: nbits (weight-only MatMulNBits) or int8 (SmoothQuant, then int8 "
                              "weights and activations: faster prefill)")
-    parser.add_argument("--alpha", type=alpha, default=ALPHA,
+    parser.add_argument("--alpha", type=alpha, default=SMOOTH_ALPHA,
                         help="SmoothQuant migration strength in [0, 1] (--shipped int8)")
     parser.add_argument("--keep-float", type=options.int_in(0, 100_000), default=KEEP_FLOAT,
                         help="projections of largest activation outliers kept float in the PyTorch int8 stage")

@@ -103,3 +103,15 @@ def check_recovery(recover: str, steps: int = DEFAULT_STEPS) -> str:
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"--steps {steps!r}: give a whole number of distillation steps >= 0.")
     return recover
+
+
+SHIPPED = ("nbits", "int8")  # the shipped file: weight-only MatMulNBits, or smoothed int8 GEMMs
+SMOOTH_ALPHA = 0.65  # SmoothQuant's migration strength: measured on SmolLM2 (bench/results.md, "Shipped: int8 GEMMs")
+
+
+def check_alpha(alpha) -> float:
+    """SmoothQuant's migration strength: a number in [0, 1]."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha!r}: the migration strength is a number in [0, 1] "
+                         "(0: nothing moves to the weights, 1: all of the activations' range does).")
+    return float(alpha)

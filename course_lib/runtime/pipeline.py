@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..core import data, metrics, timing
-from ..core.names import STRUCTURED, check_recipe
+from ..core.names import SHIPPED, STRUCTURED, check_alpha, check_recipe
 from ..pruning import io, recipes
 from ..recover import repair
 from ..recover.recipes import can_refit
@@ -50,7 +50,6 @@ from . import export, quantize, serve, smooth, speed, store
 
 RECIPES = STRUCTURED  # the structured cut: every layer's heads or MLP neurons, or whole layers
 SERVED = ("dense", "shipped")  # the stages whose greedy tokens/s is measured
-SHIPPED = ("nbits", "int8")  # what the shipped file is: weight-only MatMulNBits, or smoothed int8 GEMMs
 
 
 def check_shipped(shipped: str) -> str:
@@ -290,7 +289,7 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
     check_shipped(shipped)
     if shipped == "int8":
         export.check_ort_method("int8", bits)
-        smooth.check_alpha(alpha)
+        check_alpha(alpha)
         smooth.check_smoothable(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

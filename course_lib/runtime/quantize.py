@@ -104,17 +104,22 @@ def most_sensitive(ratios: dict[str, float], count: int) -> list[str]:
     return sorted(ratios, key=ratios.get, reverse=True)[:count]
 
 
-def quantized_copy(model: nn.Module, scheme: str = "dynamic", keep_float=()) -> nn.Module:
-    """A quantized copy of ``model``'s decoder projections; ``keep_float`` names stay float32."""
-    check_scheme(scheme)
-    if scheme.startswith("torchao"):
-        quantization = require("torchao.quantization", "torchao", what=f"the {scheme!r} scheme")
+def _quantized_projections(model: nn.Module, keep_float) -> list[str]:
+    """The decoder projections to quantize: all but ``keep_float`` (which must name some of them)."""
     names = decoder_linear_names(model)
     unknown = sorted(set(keep_float) - set(names))
     if unknown:
         raise ValueError(f"keep_float names {unknown[:3]} are not decoder projections of this model "
                          f"(e.g. {names[:2]}).")
-    chosen = [n for n in names if n not in set(keep_float)]
+    return [n for n in names if n not in set(keep_float)]
+
+
+def quantized_copy(model: nn.Module, scheme: str = "dynamic", keep_float=()) -> nn.Module:
+    """A quantized copy of ``model``'s decoder projections; ``keep_float`` names stay float32."""
+    check_scheme(scheme)
+    if scheme.startswith("torchao"):
+        quantization = require("torchao.quantization", "torchao", what=f"the {scheme!r} scheme")
+    chosen = _quantized_projections(model, keep_float)
     twin = copy.deepcopy(model).cpu().float().eval()
     if scheme == "dynamic":
         from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
@@ -157,17 +162,12 @@ class SimulatedDynamicInt8(nn.Module):
 def simulated_copy(model: nn.Module, keep_float=()) -> nn.Module:
     """A float64 copy of ``model`` whose decoder projections compute the ``"dynamic"`` int8
     scheme exactly (``keep_float`` names stay float): its quality, the same on every CPU."""
-    names = decoder_linear_names(model)
-    unknown = sorted(set(keep_float) - set(names))
-    if unknown:
-        raise ValueError(f"keep_float names {unknown[:3]} are not decoder projections of this model "
-                         f"(e.g. {names[:2]}).")
+    chosen = _quantized_projections(model, keep_float)
     twin = copy.deepcopy(model).cpu().double().eval()
     modules = dict(twin.named_modules())
-    for name in names:
-        if name not in set(keep_float):
-            parent, _, child = name.rpartition(".")
-            setattr(modules[parent], child, SimulatedDynamicInt8(modules[name]))
+    for name in chosen:
+        parent, _, child = name.rpartition(".")
+        setattr(modules[parent], child, SimulatedDynamicInt8(modules[name]))
     return twin
 
 

@@ -54,9 +54,10 @@ import torch
 from torch import nn
 
 from ..core import arch
+from ..core.names import SMOOTH_ALPHA, check_alpha
 
 SMOOTHABLE = ("llama", "mistral", "qwen2")  # config.model_type: the folds below are exact for them
-ALPHA = 0.65  # migration strength: measured on SmolLM2 (bench/results.md, "Shipped: int8 GEMMs")
+ALPHA = SMOOTH_ALPHA  # migration strength (core.names: the command line reads it without torch)
 EPS = 1e-5  # floors for peaks and scales: a channel that never fired keeps s = EPS^alpha-ish, never 0
 
 
@@ -66,13 +67,6 @@ def check_smoothable(model: nn.Module) -> None:
         raise ValueError(f"SmoothQuant folds are written for {SMOOTHABLE} (Llama layout, RMSNorm gain g): "
                          f"{type(model).__name__} (model_type {model_type!r}) is not one of them; ship it with "
                          "weight-only quantization ('nbits') instead.")
-
-
-def check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r}: the migration strength is a number in [0, 1] "
-                         "(0: nothing moves to the weights, 1: all of the activations' range does).")
-    return float(alpha)
 
 
 def smoothed_names(model: nn.Module) -> list[str]:
