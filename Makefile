@@ -12,7 +12,7 @@ TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.py))
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install run prepare test test-fast lab sync execute bench bench-peers present student clean help
+.PHONY: install run prepare recover test test-fast lab sync execute bench bench-peers present student clean help
 
 help:
 	@echo "make run      execute every lesson into build/ and print the summary table"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-peers  our Wanda/SparseGPT vs llm-compressor's -> bench/peers/results.md"
 	@echo "make present  the presenter dashboard (Voila) on http://localhost:$(PORT)/"
 	@echo "make prepare  measure the presenter's SparseGPT points once per machine (its disk cache)"
+	@echo "make recover  the long recovery (SmolLM2, 25% of its MLP): built once per machine, ~40 min (estimated)"
 	@echo "make student  the student edition (solutions stubbed, outputs cleared) in build/student/"
 
 $(VENV)/bin/python:
@@ -80,6 +81,15 @@ sync: $(STAMP)
 execute: $(STAMP)
 	$(WARM)
 	$(PY) -m course_lib.teaching.run_all --in-place
+
+# The long recovery: SmolLM2 with 25% of every layer's MLP neurons removed, refitted, then 200
+# steps of distillation on prose and code (course_lib/recover/long.py). Built once per machine
+# into the cache (keyed by the weights and every setting), with its cost curve in
+# bench/recovery_curve.json; bench/recovery.py renders it into bench/recovery.md.
+recover: $(STAMP)
+	$(PY) -m course_lib info smollm2-135m >/dev/null
+	$(PY) -m course_lib.recover.long smollm2-135m --out bench
+	$(PY) bench/recovery.py --render
 
 bench: $(STAMP)
 	$(PY) -m course_lib bench --out bench

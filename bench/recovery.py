@@ -56,9 +56,15 @@ def main() -> None:
     parser.add_argument("--out", default="bench")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="combine the recovery.json of runs made with --only into OUT")
+    parser.add_argument("--render", action="store_true",
+                        help="write OUT/recovery.md again from OUT/recovery.json and recovery_curve.json")
     args = parser.parse_args()
     if args.merge:
         return merge(args.merge, Path(args.out))
+    if args.render:
+        part = json.loads((Path(args.out) / "recovery.json").read_text())
+        (Path(args.out) / "recovery.md").write_text(markdown(part["meta"], part["rows"], Path(args.out)))
+        return None
     torch.manual_seed(0)
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -109,8 +115,8 @@ def main() -> None:
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"}
     out = Path(args.out)
     (out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / "recovery.md").write_text(markdown(meta, rows))
-    print(markdown(meta, rows))
+    (out / "recovery.md").write_text(markdown(meta, rows, out))
+    print(markdown(meta, rows, out))
 
 
 def merge(folders, out: Path) -> None:
@@ -125,11 +131,74 @@ def merge(folders, out: Path) -> None:
     meta["wall_seconds"] = max(p["meta"]["wall_seconds"] for p in parts)
     meta["parallel_runs"] = len(parts)
     (out / "recovery.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / "recovery.md").write_text(markdown(meta, rows))
-    print(markdown(meta, rows))
+    (out / "recovery.md").write_text(markdown(meta, rows, out))
+    print(markdown(meta, rows, out))
 
 
-def markdown(meta, rows) -> str:
+def curve_section(record: dict, out: Path) -> str:
+    """The long recovery's cost curve (``make recover``: recovery_curve.json) as markdown + a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plan, d = record["plan"], record["dense"]
+    curve = record["curve"]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for kind, label in (("eval", f"prose (protocol, {plan['n_eval']} x {plan['seq_len']})"),
+                        ("heldout", f"held-out code ({plan['n_heldout']} x {plan['seq_len']})")):
+        ax.plot([p["tokens"] / 1e3 for p in curve], [p[kind] / d[kind] for p in curve], "o-", label=label)
+    ax.axhline(1.10, color="grey", ls="--", lw=1, label="1.10x dense")
+    ax.set_xlabel("distillation tokens (thousands)")
+    ax.set_ylabel("perplexity / dense")
+    ax.set_title(f"What recovery costs: SmolLM2, {plan['fraction']:.0%} of every MLP removed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "recovery_curve.png", dpi=110)
+    plt.close(fig)
+    refit = record["refit"]
+    met = all(record["paired"][k]["ratio"] <= 1.10 for k in ("eval", "heldout"))
+    lines = [
+        "",
+        "## What recovery costs: the long recovery (`make recover`)",
+        "",
+        f"- Cut: {plan['fraction']:.0%} of every layer's MLP neurons by activation on the training text; "
+        f"{record['parameters']['dense']:,} -> {record['parameters']['recovered']:,} parameters "
+        f"({record['parameters']['recovered'] / record['parameters']['dense']:.1%}).",
+        f"- Text: {plan['n_prose']} pydoc windows (the start of the text) and {plan['n_code']} windows of "
+        "Python source (`python-train`: standard-library modules the held-out code does not contain), "
+        f"alternating, {plan['seq_len']} tokens each; validation: "
+        f"{plan['n_valid']} of each kind that are never trained on.",
+        f"- Refit (`repair.refit`, 32 training windows): {'kept' if refit['kept'] else 'undone'} "
+        f"(validation perplexity {refit['valid_before']:.2f} -> {refit['valid_after']:.2f}).",
+        f"- Distillation: KL(dense || student), AdamW, {plan['steps']} steps of {plan['batch_size']} windows "
+        f"({record['tokens']:,} tokens), peak lr {plan['lr']:g}, {plan['warmup']} warm-up steps, cosine to a "
+        f"tenth; {record['distil_seconds'] / 60:.0f} min of the {record['seconds'] / 60:.0f} min wall time.",
+        f"- Machine: {record['machine']}; built {record['built']}; cache key `{record['key']}`.",
+        "- The curve's points are one run's checkpoints under the schedule of the whole run (the "
+        "learning rate is not yet annealed at the middle points: a shorter run would end a little lower).",
+        "",
+        "| distillation tokens | prose (x dense) | held-out code (x dense) | minutes |",
+        "|---:|---:|---:|---:|",
+        f"| dense | {d['eval']:.2f} | {d['heldout']:.2f} | |",
+        f"| pruned, no recovery | {record['pruned']['eval']:.2f} ({record['pruned']['eval'] / d['eval']:.2f}x) | "
+        f"{record['pruned']['heldout']:.2f} ({record['pruned']['heldout'] / d['heldout']:.2f}x) | |",
+    ]
+    for p in curve:
+        lines.append(f"| {p['tokens']:,}{' (refit only)' if not p['tokens'] else ''} | {p['eval']:.2f} ({p['eval'] / d['eval']:.2f}x) | "
+                     f"{p['heldout']:.2f} ({p['heldout'] / d['heldout']:.2f}x) | {p['seconds'] / 60:.1f} |")
+    lines += [
+        "",
+        "![recovery cost curve](recovery_curve.png)",
+        "",
+        f"Recovered vs dense, paired on the same tokens: prose {record['paired']['eval']['text']}; held-out "
+        f"code {record['paired']['heldout']['text']}.",
+        f"Within 1.10x dense on both texts: **{'yes' if met else 'no'}** "
+        f"({record['paired']['eval']['ratio']:.3f}x prose, {record['paired']['heldout']['ratio']:.3f}x code).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(meta, rows, out: Path | None = None) -> str:
     d = meta["dense"]
 
     def cell(pair):
@@ -166,7 +235,11 @@ def markdown(meta, rows) -> str:
             f"{format(r['refit_seconds'], '.1f') if 'refit_seconds' in r else 'n/a'} | {r['distil_seconds']:.0f} | "
             f"{'yes' if final[0] <= 1.1 * d[0] else 'no'} ({final[0] / d[0]:.2f}x) | "
             f"{r['prefill_speedup']:.2f}x | {r['ideal_speedup']:.2f}x |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    curve = None if out is None else Path(out) / "recovery_curve.json"
+    if curve is not None and curve.is_file():
+        text += curve_section(json.loads(curve.read_text()), Path(out))
+    return text
 
 
 if __name__ == "__main__":

@@ -93,3 +93,20 @@ def test_calibration_draws_are_other_samples_of_the_first_half_and_the_same_ever
 def test_a_bad_draw_is_refused(byte_tok, bad):
     with pytest.raises(ValueError, match="draw"):
         data.make_windows(byte_tok, data.load_text("pydoc"), seq_len=64, n_eval=2, n_calib=2, draw=bad)
+
+
+def test_training_code_never_contains_the_held_out_code(byte_tok):
+    assert not set(data.TRAIN_MODULES) & set(data.SOURCE_MODULES)
+    train = data.load_text("python-train")
+    held = data.make_windows(byte_tok, data.load_text("python-source"), seq_len=256, n_eval=4, n_calib=0)
+    for row in held.eval:
+        assert byte_tok.decode(row[40:200]) not in train  # no held-out passage is trained on
+
+
+def test_mixed_windows_alternate_prose_and_code(byte_tok):
+    mixed = data.mixed_windows(byte_tok, "smollm2-135m", n_prose=3, n_code=2, seq_len=32)
+    prose = data.windows_for(byte_tok, "smollm2-135m", seq_len=32, n_eval=1, n_calib=3).calib
+    code = data.windows_for(byte_tok, "smollm2-135m", source="python-train", seq_len=32, n_eval=1,
+                            n_calib=2).calib
+    expected = torch.stack([prose[0], code[0], prose[1], code[1], prose[2]])
+    assert torch.equal(mixed, expected)

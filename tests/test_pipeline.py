@@ -232,3 +232,23 @@ def test_ship_int8_refuses_a_family_it_cannot_smooth(capsys):
     assert main(["ship", "tiny-gemma3", "--shipped", "int8", *FAST]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "SmoothQuant" in err and "nbits" in err, err
+
+
+def test_ship_auto_takes_int8_where_smoothing_folds_exist_and_measures_held_out_code(capsys):
+    """The default ``--shipped auto``: int8 GEMMs for a Llama-layout model, weight-only for GPT-2 (no
+    SmoothQuant folds); every stage is measured on held-out code too, and the JSON says which file
+    was taken and why."""
+    assert main(["ship", MODEL, *FAST, "--n-heldout", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shipped"] == "int8" and out["shipped_choice"].startswith("auto: int8")
+    assert out["heldout"] == "python-source 2 x 32"
+    model, tokenizer = models.load(MODEL, device="cpu")
+    code = data.windows_for(tokenizer, MODEL, source="python-source", seq_len=32, n_eval=2, n_calib=0).eval
+    dense = out["stages"][0]
+    assert dense["perplexity_heldout"] == pytest.approx(perplexity_from_logits(model, code), abs=ROUNDED)
+    assert dense["perplexity_heldout"] != pytest.approx(dense["perplexity"], abs=ROUNDED)  # another text
+    assert all("perplexity_heldout" in stage for stage in out["stages"])
+    assert main(["ship", "tiny-gpt2", *FAST, "--n-heldout", "0"]) == 0
+    gpt2 = json.loads(capsys.readouterr().out)
+    assert gpt2["shipped"] == "nbits" and "no SmoothQuant folds" in gpt2["shipped_choice"]
+    assert gpt2["heldout"] is None and "perplexity_heldout" not in gpt2["stages"][0]

@@ -186,6 +186,32 @@ def test_distil_lowers_kl_in_place_and_undoes(name):
     assert torch.equal(logits(pruned), before)
 
 
+def test_distil_cosine_schedule_sets_the_rate_of_every_step(monkeypatch):
+    """Warm-up to the peak over 2 steps, then a half cosine down to a tenth of it at the last step."""
+    import math
+    dense, pruned = pruned_pair("tiny-llama", "mlp")
+    seen = []
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    handle, _ = D.distil(pruned, dense, CALIB, steps=6, lr=1e-3, quiet=True, schedule="cosine", warmup=2)
+    cosine = [0.1 + 0.45 * (1 + math.cos(math.pi * k / 4)) for k in (1, 2, 3, 4)]
+    assert seen == pytest.approx([1e-3 * f for f in [0.5, 1.0] + cosine])
+    assert seen[-1] == pytest.approx(1e-4)
+    handle.restore()
+    seen.clear()
+    D.distil(pruned, dense, CALIB, steps=3, lr=1e-3, quiet=True)[0].restore()
+    assert seen == [1e-3] * 3  # the default stays constant
+    with pytest.raises(ValueError, match="schedule"):
+        D.distil(pruned, dense, CALIB, steps=3, schedule="linear")
+    with pytest.raises(ValueError, match="warmup"):
+        D.distil(pruned, dense, CALIB, steps=3, warmup=5)
+
+
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "one zeroed neuron"])
 def test_distil_keeps_an_unstructured_prune_sparse(method):
     """Training a 50%-sparse student (or one with a single neuron zeroed: rare zeros, kept as

@@ -268,6 +268,72 @@ def test_moving_the_slider_mid_measurement_restores_the_weights_and_caches_nothi
     assert explorer.errors == []
 
 
+def test_a_stale_forward_stops_within_one_layer():
+    """``cancel.checkpoints_inside``: a forward pass checks before every decoder layer."""
+    from course_lib.core import arch
+    model, windows = tiny()
+    layers = arch.decoder_layers(model)
+    assert len(layers) >= 2
+    done = []
+    counting = [layer.register_forward_hook(lambda *_: done.append(1)) for layer in layers]
+    with cancel.checkpoints_inside(layers), cancel.stop_when(lambda: len(done) >= 1):
+        with pytest.raises(cancel.Cancelled):
+            model(windows[:1])
+    assert len(done) == 1  # the first layer ran, the second never started
+    model(windows[:1])  # outside the block: no checkpoint left behind
+    assert len(done) == 1 + len(layers) and all(not layer._forward_pre_hooks for layer in layers)
+    for handle in counting:
+        handle.remove()
+
+
+def test_moving_the_slider_mid_forward_stops_the_timed_forward(monkeypatch):
+    """While a point is timed, the slider moves in the middle of a forward pass: the rest of that
+    forward's layers never run (one paired run of two long forwards must not delay the next point)."""
+    from course_lib.core import arch
+    model, windows = tiny()  # evaluation windows of 32 tokens; the timed forwards have 16
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    explorer = Explorer(model, windows, prune, latency_tokens=16, latency_runs=12, latency_seconds=600)
+    layers = arch.decoder_layers(model)
+    armed, inside, moved, last_layer_after_move = threading.Event(), threading.Event(), threading.Event(), []
+
+    def tokens(args, kwargs):
+        return (args[0] if args else kwargs["hidden_states"]).shape[1]
+
+    def hold_in_first_layer(module, args, kwargs):
+        if armed.is_set() and not moved.is_set() and tokens(args, kwargs) == 16:
+            inside.set()
+            assert moved.wait(60)  # the forward is in layer 0 when the slider moves
+
+    def watch_last_layer(module, args, kwargs):
+        if moved.is_set():
+            last_layer_after_move.append(tokens(args, kwargs))
+    real_round = timing.Interleaved.round
+
+    def round_fn(self, timed=True):
+        if timed and self.runs >= 1:  # from the second timed round on
+            armed.set()
+        return real_round(self, timed)
+    monkeypatch.setattr(timing.Interleaved, "round", round_fn)
+    hooks = [layers[0].register_forward_pre_hook(hold_in_first_layer, with_kwargs=True),
+             layers[-1].register_forward_pre_hook(watch_last_layer, with_kwargs=True)]
+    explorer.slider.value = 0.5
+    assert inside.wait(60)
+    armed.clear()
+    explorer.slider.value = 0.3
+    moved.set()
+    shown = explorer.wait(timeout=120)
+    wait_for(explorer, "cancelled", ("magnitude", 0.5))
+    for hook in hooks:
+        hook.remove()
+    assert (shown.method, shown.amount) == ("magnitude", 0.3)
+    assert ("magnitude", 0.5) not in explorer.cache
+    # the first forward to reach the last layer after the move is the new point's evaluation
+    # (32 tokens), not the end of the stale timed forward (16 tokens)
+    assert last_layer_after_move and last_layer_after_move[0] == 32, last_layer_after_move[:3]
+    explorer.slider.value = 0.0
+    assert same_weights(model, dense)
+
+
 def test_a_point_from_another_explorer_stops_a_stoppable_one_and_both_finish():
     model, windows = tiny()
     dense = {k: v.clone() for k, v in model.state_dict().items()}

@@ -19,13 +19,18 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("pydoc", "python-source", "wikitext")
+SOURCES = ("pydoc", "python-source", "python-train", "wikitext")
 
 # A second offline text, deliberately of another kind: Python source code of
 # standard-library modules (lesson 5 calibrates on one text and evaluates on both).
 SOURCE_MODULES = ("argparse", "dataclasses", "enum", "fractions", "functools", "statistics",
                   "textwrap", "string", "shlex", "pprint", "heapq", "bisect", "csv", "json.decoder",
                   "json.encoder", "calendar", "difflib", "ipaddress")
+# Python code a recovery may train on: other standard-library modules than SOURCE_MODULES,
+# so the held-out code text stays unseen (checked in tests/test_data.py).
+TRAIN_MODULES = ("collections", "typing", "inspect", "tokenize", "pathlib", "logging", "shutil",
+                 "tempfile", "threading", "traceback", "configparser", "optparse", "random", "zipfile",
+                 "urllib.parse", "ast", "contextlib")
 
 
 def _builtin_texts(source: str) -> list[str] | None:
@@ -34,11 +39,12 @@ def _builtin_texts(source: str) -> list[str] | None:
         from pydoc_data.topics import topics
 
         return [topics[key] for key in sorted(topics)]
-    if source == "python-source":
+    if source in ("python-source", "python-train"):
         import importlib
         import inspect
 
-        return [inspect.getsource(importlib.import_module(name)) for name in SOURCE_MODULES]
+        names = SOURCE_MODULES if source == "python-source" else TRAIN_MODULES
+        return [inspect.getsource(importlib.import_module(name)) for name in names]
     return None
 
 
@@ -58,7 +64,7 @@ def text_dataset(source: str = "pydoc") -> "Dataset":
         return load_dataset("text", data_files=str(path), sample_by="document", split="train")
     raise ValueError(
         f"Unknown text source '{source}': use 'pydoc' (English prose, offline), 'python-source' "
-        "(Python code, offline), 'wikitext' (needs the internet once) or the path of a local .txt file."
+        "(Python code, offline; 'python-train': other modules, to train on), 'wikitext' (needs the internet once) or the path of a local .txt file."
     )
 
 
@@ -150,3 +156,21 @@ def windows_for(tokenizer, model_name: str, source: str = "pydoc", **kwargs) -> 
 
     kwargs.setdefault("add_bos", needs_bos(model_name))
     return make_windows(tokenizer, load_text(source), **kwargs)
+
+
+def mixed_windows(tokenizer, model_name: str, n_prose: int, n_code: int, seq_len: int = 256) -> torch.Tensor:
+    """Training windows of two kinds, alternating: prose, code, prose, code, ...
+
+    Prose: the first ``n_prose`` calibration windows of the pydoc text (its first half, never
+    the evaluation windows); code: the first ``n_code`` windows of ``python-train`` (standard-library
+    modules that the held-out ``python-source`` text does not contain). A recovery trained on prose
+    alone learns prose (the refit on prose raised the held-out code perplexity, bench/recovery.md);
+    mixing the two keeps both texts in view.
+    """
+    prose = windows_for(tokenizer, model_name, seq_len=seq_len, n_eval=1, n_calib=n_prose).calib
+    code = windows_for(tokenizer, model_name, source="python-train", seq_len=seq_len, n_eval=1,
+                       n_calib=n_code).calib
+    rows = []
+    for i in range(max(len(prose), len(code))):
+        rows += [part[i] for part in (prose, code) if i < len(part)]
+    return torch.stack(rows) if rows else torch.empty(0, seq_len, dtype=torch.long)

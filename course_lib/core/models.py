@@ -239,6 +239,28 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
                                    eos_token="<eos>", pad_token="<eos>")
 
 
+def hash_weights(model, digest) -> None:
+    """Feed every tensor of ``model``'s state dict into ``digest`` (a ``hashlib`` object).
+
+    Each tensor's name, dtype, shape and every byte; a tied tensor (the same storage
+    under a second name) is hashed once and its second name recorded as an alias. Two
+    models that differ in one bit of one weight never hash alike.
+    """
+    import torch
+
+    first_name: dict[tuple, str] = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            storage = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
+                       tuple(tensor.shape), tuple(tensor.stride()))
+            if storage in first_name:
+                digest.update(f"={first_name[storage]}".encode())
+                continue
+            first_name[storage] = name
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "pruning-course"))
 

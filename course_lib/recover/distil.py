@@ -24,6 +24,11 @@ can do instead of quietly refilling the pruned ones (which would undo the sparsi
 a sparse kernel or a sparse file relies on). A dense model's few exact zeros
 (leftovers of its quantized original) are held too: a negligible restriction.
 
+A long recovery needs a learning-rate schedule: ``schedule="cosine"`` warms up linearly
+over ``warmup`` steps, then decays along a half cosine to a tenth of ``lr`` at the last step
+(large early steps move far from the pruned start, small late steps settle without
+over-shooting); ``"constant"`` keeps ``lr`` throughout (short runs).
+
 The student is trained in place: the returned handle holds a copy of every
 trained parameter, and ``restore()`` puts them back bit for bit.
 """
@@ -97,6 +102,24 @@ def hold_zeros(zeros: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
             weight.view(-1).index_fill_(0, where, 0)
 
 
+SCHEDULES = ("constant", "cosine")
+FINAL_FRACTION = 0.1  # the cosine schedule ends at this fraction of the peak rate
+
+
+def learning_rate_factor(schedule: str, steps: int, warmup: int = 0):
+    """step (1-based) -> the factor of ``lr`` used at that optimizer step."""
+    import math
+
+    def factor(step: int) -> float:
+        if schedule == "constant":
+            return 1.0
+        if step <= warmup:
+            return step / warmup
+        t = (step - warmup) / max(1, steps - warmup)  # 0 after the warm-up .. 1 at the last step
+        return FINAL_FRACTION + (1 - FINAL_FRACTION) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    return factor
+
+
 def kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """Mean over positions of KL(teacher || student), in nats."""
     s = F.log_softmax(student_logits.float(), dim=-1).reshape(-1, student_logits.shape[-1])
@@ -108,7 +131,8 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
            lr: float = 5e-5, batch_size: int = 4, eval_windows: torch.Tensor | None = None,
            heldout_windows: torch.Tensor | None = None, eval_every: int = 10,
            weight_decay: float = 0.0, quiet: bool = False, seed: int = 0,
-           keep_zeros: bool = True) -> tuple[PruneHandle, DistilReport]:
+           keep_zeros: bool = True, schedule: str = "constant",
+           warmup: int = 0) -> tuple[PruneHandle, DistilReport]:
     """Train ``student`` in place to match ``teacher`` on ``calib``; returns ``(handle, report)``.
 
     Each step takes ``batch_size`` calibration windows in turn (cycling). With
@@ -127,6 +151,10 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
     if calib is None or calib.dim() != 2 or calib.shape[0] == 0:
         raise ValueError("distil needs calibration windows: a (n, seq_len) tensor of token ids "
                          "(windows.calib, with n_calib > 0).")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r}: use one of {SCHEDULES}.")
+    if not isinstance(warmup, int) or not 0 <= warmup <= steps:
+        raise ValueError(f"warmup={warmup!r}: a whole number of steps between 0 and steps={steps}.")
     params = trainable_parameters(student)
     zeros = zero_masks(student) if keep_zeros else []
     handle = PruneHandle("distillation")
@@ -160,6 +188,8 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    rate = learning_rate_factor(schedule, steps, warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: rate(i + 1))
     train_seconds = 0.0
     try:
         evaluate(0, None)
@@ -175,6 +205,7 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             hold_zeros(zeros)  # pruned weights stay pruned
             train_seconds += time.perf_counter() - t0
             bar.set_postfix(kl=f"{loss.item():.4f}")
@@ -191,5 +222,6 @@ def distil(student: nn.Module, teacher: nn.Module, calib: torch.Tensor, steps: i
     report.seconds = time.perf_counter() - started
     report.train_seconds = train_seconds
     handle.info = {"kind": "distil", "steps": steps, "lr": lr, "batch_size": batch_size,
+                   "schedule": schedule, "warmup": warmup,
                    "history": report.history, "zeros_kept": sum(int(w.sum()) if w.dtype == torch.bool else w.numel() for _, w in zeros)}
     return handle, report

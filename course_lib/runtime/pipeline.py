@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core import data, metrics, timing
+from ..core import data, metrics, models, timing
 from ..core.names import SHIPPED, STRUCTURED, check_alpha, check_recipe
 from ..pruning import io, recipes
 from ..recover import repair
@@ -72,6 +72,7 @@ class StageResult:
     note: str = ""
     tokens_per_s: dict | None = None  # batch size -> greedy tokens per second (served stages only)
     measurements: dict = field(default_factory=dict, repr=False)  # "prefill"/"decode" -> Measurement
+    perplexity_heldout: float | None = None  # on held-out text of another kind (code), when measured
 
     def speedup_over(self, other: "StageResult", kind: str = "prefill") -> timing.Speedup:
         """This stage against another of the same measurement (paired: one interleaved call)."""
@@ -80,7 +81,9 @@ class StageResult:
     def as_dict(self) -> dict:
         served = None if self.tokens_per_s is None else {
             f"batch_{batch}": round(rate, 2) for batch, rate in self.tokens_per_s.items()}
-        return {"stage": self.stage, "perplexity": round(self.perplexity, 3),
+        heldout = {} if self.perplexity_heldout is None else {
+            "perplexity_heldout": round(self.perplexity_heldout, 3)}
+        return {"stage": self.stage, "perplexity": round(self.perplexity, 3), **heldout,
                 "prefill_speedup": round(self.prefill_speedup.median, 3),
                 "decode_speedup": round(self.decode_speedup.median, 3),
                 "disk_bytes": int(self.disk_bytes), "seconds": round(self.seconds, 2), "note": self.note,
@@ -149,18 +152,7 @@ def fingerprint(model: nn.Module) -> str:
             digest.update(f"{package}={importlib.metadata.version(package)}".encode())
         except importlib.metadata.PackageNotFoundError:
             digest.update(f"{package}=absent".encode())
-    first_name: dict[tuple, str] = {}
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            storage = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(),
-                       tuple(tensor.shape), tuple(tensor.stride()))
-            if storage in first_name:
-                digest.update(f"={first_name[storage]}".encode())
-                continue
-            first_name[storage] = name
-            data = tensor.detach().cpu().contiguous().reshape(-1)
-            digest.update(data.view(torch.uint8).numpy())
+    models.hash_weights(model, digest)
     return digest.hexdigest()[:16]
 
 
@@ -230,13 +222,15 @@ def latencies(stages: dict, vocab: int, tokens: int = 128, runs: int = 5, decode
 
 def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | None = None,
             notes: dict | None = None, perplexities: dict | None = None, served=SERVED,
-            batches=serve.SERVE_BATCHES, **timing_options) -> list[StageResult]:
+            batches=serve.SERVE_BATCHES, heldout: torch.Tensor | None = None,
+            **timing_options) -> list[StageResult]:
     """Every stage against ``stages["dense"]``: one ``StageResult`` per stage, in order.
 
     ``files[stage]``: the file (or folder) that ships the stage; ``perplexities``:
     figures already measured on ``windows`` (the rest are measured here); ``served``:
     the stages whose greedy tokens per second is measured at each of ``batches``
-    (``serve.throughput``: a ``decode_context``-token prompt, ``decode_tokens`` new tokens).
+    (``serve.throughput``: a ``decode_context``-token prompt, ``decode_tokens`` new tokens);
+    ``heldout``: windows of another kind of text (code), whose perplexity every stage also gets.
     """
     if "dense" not in stages:
         raise ValueError(f"stages {list(stages)} have no 'dense': every ratio is to the dense model.")
@@ -247,6 +241,7 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
     for label, stage in stages.items():
         if label not in ppl:
             ppl[label] = perplexity(stage, windows)
+    ppl_heldout = {label: perplexity(stage, heldout) for label, stage in stages.items()} if heldout is not None else {}
     vocab = stages["dense"].config.vocab_size
     prefill, decode = latencies(stages, vocab, **timing_options)
     serving = serve.throughput({label: stages[label] for label in served if label in stages}, vocab, batches,
@@ -257,7 +252,7 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
                         timing.speedup(decode["dense"], decode[label]), metrics.file_bytes(files[label]),
                         seconds.get(label, 0.0), notes.get(label, ""),
                         {b: serving[b].tokens_per_s(label) for b in serving} if label in served else None,
-                        {"prefill": prefill[label], "decode": decode[label]})
+                        {"prefill": prefill[label], "decode": decode[label]}, ppl_heldout.get(label))
             for label in stages]
 
 
@@ -273,7 +268,8 @@ class Shipped:
 
 def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: float,
         keep_float: int, bits: int = 8, recover: bool = True, log=print,
-        recipe: str = "mlp", shipped: str = "nbits", alpha: float = smooth.ALPHA, **timing_options) -> Shipped:
+        recipe: str = "mlp", shipped: str = "nbits", alpha: float = smooth.ALPHA,
+        heldout: torch.Tensor | None = None, **timing_options) -> Shipped:
     """Dense -> pruned -> recovered -> int8 (PyTorch) -> ONNX Runtime -> shipped (ONNX Runtime).
 
     ``fraction``: of every layer's MLP neurons or heads, or of the layers, removed; ``keep_float``:
@@ -284,7 +280,7 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
     ``shipped``: ``"nbits"`` (``bits``-bit MatMulNBits) or ``"int8"`` (SmoothQuant with ``alpha`` on
     the calibration windows, then int8 GEMMs; ``bits`` must be 8). With ``"int8"`` the float ONNX
     stage is the smoothed model's export: the same function (``smooth``), the file the int8 one
-    is made from.
+    is made from. ``heldout``: windows of code, measured on every stage besides ``windows.eval``.
     """
     check_shipped(shipped)
     if shipped == "int8":
@@ -338,5 +334,5 @@ def run(model: nn.Module, windows: data.Windows, folder: str | Path, fraction: f
              "ONNX Runtime": fp32_file, "shipped": shipped_file}
     if "recovered" in stages:
         files["recovered"] = store.save_safetensors(stages["recovered"], folder / "recovered.safetensors")
-    rows = measure(stages, files, windows.eval, seconds, notes, **timing_options)
+    rows = measure(stages, files, windows.eval, seconds, notes, heldout=heldout, **timing_options)
     return Shipped(rows, stages, files)

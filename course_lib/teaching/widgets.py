@@ -66,8 +66,8 @@ from IPython.display import Image, display
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from ..core import metrics, stats, timing
-from ..core.cancel import Cancelled, checkpoint, stop_when
+from ..core import arch, metrics, stats, timing
+from ..core.cancel import Cancelled, checkpoint, checkpoints_inside, stop_when
 
 SPEED_AXIS = (0.5, 1.5)  # the speed axis shows at least this range, so noise looks like noise
 DENSE_RUNS = 3  # the dense point times the dense model alone, for its latency label
@@ -366,20 +366,22 @@ class Explorer:
                                     device=device, threads=torch.get_num_threads())
         most = min(DENSE_RUNS, self.latency_runs) if dense else self.latency_runs
         started = time.perf_counter()
-        rounds.round(timed=False)  # warm-up
-        checkpoint()
-        while True:
-            begun = time.perf_counter()
-            rounds.round()
-            took = time.perf_counter() - begun
+        layers = [layer for model in pair.values() for layer in arch.decoder_layers(model)]
+        with checkpoints_inside(layers):  # a stale point stops within one layer of either forward
+            rounds.round(timed=False)  # warm-up
             checkpoint()
-            point = self._timed(partial, rounds)
-            self._note("round", (partial.method, partial.amount))
-            show(point)
-            if point.decided or rounds.runs >= most:
-                return point
-            if time.perf_counter() - started + took > self.latency_seconds:
-                return point  # one more run would overrun the budget
+            while True:
+                begun = time.perf_counter()
+                rounds.round()
+                took = time.perf_counter() - begun
+                checkpoint()
+                point = self._timed(partial, rounds)
+                self._note("round", (partial.method, partial.amount))
+                show(point)
+                if point.decided or rounds.runs >= most:
+                    return point
+                if time.perf_counter() - started + took > self.latency_seconds:
+                    return point  # one more run would overrun the budget
 
     def _timed(self, partial: Point, rounds: "timing.Interleaved") -> Point:
         times = rounds.measurements()
