@@ -75,8 +75,7 @@ def cmd_ship(args) -> dict:
     name = getattr(model, "course_name", args.model)
     windows = data.windows_for(tokenizer, name, source=args.source,
                                seq_len=args.seq_len, n_eval=args.n_eval, n_calib=args.n_calib)
-    heldout = data.windows_for(tokenizer, name, source="python-source", seq_len=args.seq_len,
-                               n_eval=args.n_heldout, n_calib=0).eval if args.n_heldout else None
+    heldout = data.code_windows(tokenizer, name, args.n_heldout, args.seq_len) if args.n_heldout else None
     method, choice = choose_shipped(args.shipped, args.bits, getattr(model.config, "model_type", None))
     with tempfile.TemporaryDirectory(prefix="course-ship-") as tmp, timing.thread_count(args.threads):
         folder = Path(args.out).expanduser() if args.out else Path(tmp)

@@ -168,9 +168,22 @@ def mixed_windows(tokenizer, model_name: str, n_prose: int, n_code: int, seq_len
     mixing the two keeps both texts in view.
     """
     prose = windows_for(tokenizer, model_name, seq_len=seq_len, n_eval=1, n_calib=n_prose).calib
-    code = windows_for(tokenizer, model_name, source="python-train", seq_len=seq_len, n_eval=1,
-                       n_calib=n_code).calib
+    return alternate(prose, code_windows(tokenizer, model_name, n_code, seq_len, "python-train"))
+
+
+def code_windows(tokenizer, model_name: str, n: int, seq_len: int = 256, source: str = "python-source") -> torch.Tensor:
+    """``n`` windows of Python code: the held-out evaluation windows of ``python-source`` (the middle
+    of the text, as the protocol's), or with ``source="python-train"`` the first windows of the code
+    a recovery trains on."""
+    if source == "python-source":
+        return windows_for(tokenizer, model_name, source=source, seq_len=seq_len, n_eval=n, n_calib=0).eval
+    return windows_for(tokenizer, model_name, source=source, seq_len=seq_len, n_eval=1, n_calib=n).calib
+
+
+def alternate(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The rows of two window tensors interleaved: first[0], second[0], first[1], ... (the rest
+    of the longer one at the end)."""
     rows = []
-    for i in range(max(len(prose), len(code))):
-        rows += [part[i] for part in (prose, code) if i < len(part)]
-    return torch.stack(rows) if rows else torch.empty(0, seq_len, dtype=torch.long)
+    for i in range(max(len(first), len(second))):
+        rows += [part[i] for part in (first, second) if i < len(part)]
+    return torch.stack(rows) if rows else first[:0]

@@ -24,8 +24,9 @@ practitioner asks is *how much more*. This module answers it with one run, kept:
 The result is kept in ``$COURSE_CACHE/recovered/<key>/`` (``save_pretrained``'s files plus
 ``recovery.json``: the plan, the curve, the time, the machine), under a key of the dense
 weights and every setting of the plan: the same dense model and plan load what was built,
-anything else builds anew. ``make recover`` builds ``LONG``; a lesson calls ``load`` and,
-when nothing is cached, runs ``SHORT`` and says that it is short.
+anything else builds anew. ``make recover`` builds ``LONG``; ``SHORT`` (``--short``) is
+the same recipe in a few minutes, to check the path end to end. No lesson loads the result
+yet: a cell whose output depends on what a machine has cached would not replay.
 
     python -m course_lib.recover.long [smollm2-135m] [--short] [--out bench]
 """
@@ -82,8 +83,9 @@ SHORT = replace(LONG, steps=16, warmup=2, n_prose=16, n_code=16, curve_points=2)
 def key(dense: nn.Module, plan: Plan) -> str:
     """The cache name: the dense weights, the plan, and the versions that decide the numbers."""
     digest = hashlib.sha256(repr(plan).encode())
-    for module in (D, R, recipes):  # the recovery's own code
+    for module in (D, R, recipes, data):  # the recovery's own code and its texts
         digest.update(Path(module.__file__).read_bytes())
+    digest.update(Path(__file__).read_bytes())  # this recipe
     digest.update(f"torch={torch.__version__}".encode())
     models.hash_weights(dense, digest)
     return digest.hexdigest()[:16]
@@ -110,12 +112,10 @@ def texts(tokenizer, name: str, plan: Plan) -> dict[str, torch.Tensor]:
     # validation: the n_valid windows of each kind that follow the training windows
     prose = data.windows_for(tokenizer, name, seq_len=plan.seq_len, n_eval=plan.n_eval,
                              n_calib=plan.n_prose + plan.n_valid)
-    code = data.windows_for(tokenizer, name, source="python-train", seq_len=plan.seq_len, n_eval=1,
-                            n_calib=plan.n_code + plan.n_valid).calib
-    train = data.mixed_windows(tokenizer, name, plan.n_prose, plan.n_code, plan.seq_len)
+    code = data.code_windows(tokenizer, name, plan.n_code + plan.n_valid, plan.seq_len, "python-train")
+    train = data.alternate(prose.calib[:plan.n_prose], code[:plan.n_code])  # = data.mixed_windows
     valid = torch.cat([prose.calib[plan.n_prose:], code[plan.n_code:]])
-    heldout = data.windows_for(tokenizer, name, source="python-source", seq_len=plan.seq_len,
-                               n_eval=plan.n_heldout, n_calib=0).eval
+    heldout = data.code_windows(tokenizer, name, plan.n_heldout, plan.seq_len)
     return {"train": train, "valid": valid, "eval": prose.eval, "heldout": heldout}
 
 
@@ -126,15 +126,18 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     windows = texts(tokenizer, name, plan)
     torch.manual_seed(plan.seed)
 
-    def ppl(model) -> dict:
-        return {"eval": round(metrics.perplexity(model, windows["eval"]), 3),
-                "heldout": round(metrics.perplexity(model, windows["heldout"]), 3)}
+    def quality(model) -> dict:
+        return {kind: stats.Quality(metrics.token_nll(model, windows[kind])) for kind in ("eval", "heldout")}
 
-    record = {"model": name, "plan": asdict(plan), "tokens": plan.tokens, "dense": ppl(dense)}
+    def ppl(measured: dict) -> dict:
+        return {kind: round(q.perplexity, 3) for kind, q in measured.items()}
+
+    dense_quality = quality(dense)  # measured once: the perplexities and, at the end, the paired baseline
+    record = {"model": name, "plan": asdict(plan), "tokens": plan.tokens, "dense": ppl(dense_quality)}
     log(f"dense: {record['dense']}")
     student = copy.deepcopy(dense)
     recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:16])
-    record["pruned"] = ppl(student)
+    record["pruned"] = ppl(quality(student))
     log(f"pruned {plan.fraction:.0%} of every layer's MLP neurons: {record['pruned']}")
 
     valid_before = metrics.perplexity(student, windows["valid"])
@@ -143,12 +146,10 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     kept = valid_after < valid_before
     if not kept:
         handle.restore()
-    record["refit"] = {"kept": kept, "valid_before": round(valid_before, 3), "valid_after": round(valid_after, 3),
-                       **ppl(student)}
-    log(f"refit {'kept' if kept else 'undone'} (validation {valid_before:.2f} -> {valid_after:.2f}): "
-        f"{record['refit']['eval']} / {record['refit']['heldout']}")
+    record["refit"] = {"kept": kept, "valid_before": round(valid_before, 3), "valid_after": round(valid_after, 3)}
+    log(f"refit {'kept' if kept else 'undone'} (validation {valid_before:.2f} -> {valid_after:.2f})")
 
-    every = max(1, plan.steps // plan.curve_points)
+    every = max(1, plan.steps // plan.curve_points)  # the curve's step 0 is the model after the refit
     _, report = D.distil(student, dense, windows["train"], steps=plan.steps, lr=plan.lr,
                          batch_size=plan.batch_size, eval_windows=windows["eval"],
                          heldout_windows=windows["heldout"], eval_every=every, quiet=False,
@@ -158,22 +159,20 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
                         "eval": round(row["ppl_eval"], 3), "heldout": round(row["ppl_heldout"], 3),
                         "seconds": row["seconds"]} for row in report.history]
     record["recovered"] = {"eval": record["curve"][-1]["eval"], "heldout": record["curve"][-1]["heldout"]}
-    record["ratio"] = {k: round(record["recovered"][k] / record["dense"][k], 4) for k in ("eval", "heldout")}
     record["paired"] = {}  # recovered vs dense on the same tokens: the ratio with its 95% interval
-    for kind in ("eval", "heldout"):
-        vs = stats.Quality(metrics.token_nll(student, windows[kind])).vs(
-            stats.Quality(metrics.token_nll(dense, windows[kind])))
+    for kind, q in quality(student).items():
+        vs = q.vs(dense_quality[kind])
         record["paired"][kind] = {"ratio": round(vs.ratio, 4), "low": round(vs.low, 4), "high": round(vs.high, 4),
                                   "text": str(vs)}
     record["distil_seconds"] = round(report.seconds, 1)
     record["seconds"] = round(time.perf_counter() - started, 1)
-    record["parameters"] = {"dense": sum(p.numel() for p in dense.parameters()),
-                            "recovered": sum(p.numel() for p in student.parameters())}
+    record["parameters"] = {"dense": metrics.parameter_count(dense), "recovered": metrics.parameter_count(student)}
     record["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
                          f"threads, torch {torch.__version__}")
     record["built"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     record["key"] = key(dense, plan)
-    log(f"recovered: {record['recovered']} = {record['ratio']} of dense, in {record['seconds']:.0f} s")
+    log(f"recovered: {record['recovered']}; vs dense: {record['paired']['eval']['text']} (prose), "
+        f"{record['paired']['heldout']['text']} (code); {record['seconds']:.0f} s")
     if keep:
         save(student, record, folder_for(dense, plan))
     return student, record

@@ -236,10 +236,16 @@ class OrtModel:
 
 
 @torch.no_grad()
-def max_logit_gap(model: nn.Module, session: OrtModel, input_ids: torch.Tensor) -> float:
-    """max |ORT logits - PyTorch logits| / max |PyTorch logits| on the same tokens."""
+def max_logit_gap(model: nn.Module, session: "OrtModel | nn.Module", input_ids: torch.Tensor) -> float:
+    """max |other logits - PyTorch logits| / max |PyTorch logits| on the same tokens.
+
+    ``session``: an ONNX Runtime session (``OrtModel``) or another PyTorch model (e.g. a
+    smoothed copy, which must compute the same function)."""
     reference = model(input_ids=input_ids, use_cache=False).logits.float().cpu()
-    other = session(input_ids).float()
+    if isinstance(session, nn.Module):
+        other = session(input_ids=input_ids, use_cache=False).logits.float().cpu()
+    else:
+        other = session(input_ids).float()
     if other.shape != reference.shape:
         raise ValueError(f"ONNX logits have shape {tuple(other.shape)}, PyTorch {tuple(reference.shape)}: "
                          "the export does not match this model (re-export it).")
