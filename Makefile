@@ -24,7 +24,7 @@ help:
 	@echo "make bench-peers  our Wanda/SparseGPT vs llm-compressor's -> bench/peers/results.md"
 	@echo "make present  the presenter dashboard (Voila) on http://localhost:$(PORT)/"
 	@echo "make prepare  measure the presenter's SparseGPT points once per machine (its disk cache)"
-	@echo "make recover  the long recovery (SmolLM2, 25% of its MLP): built once per machine, ~40 min (estimated)"
+	@echo "make recover  the long recovery (SmolLM2, 25% of its MLP): built once per machine, ~30 min on 2 cores"
 	@echo "make student  the student edition (solutions stubbed, outputs cleared) in build/student/"
 
 $(VENV)/bin/python:

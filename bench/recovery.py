@@ -63,7 +63,9 @@ def main() -> None:
         return merge(args.merge, Path(args.out))
     if args.render:
         part = json.loads((Path(args.out) / "recovery.json").read_text())
-        (Path(args.out) / "recovery.md").write_text(markdown(part["meta"], part["rows"], Path(args.out)))
+        page = Path(args.out) / "recovery.md"
+        notes = kept_notes(page.read_text()) if page.is_file() else ""
+        page.write_text(markdown(part["meta"], part["rows"], Path(args.out), notes))
         return None
     torch.manual_seed(0)
     torch.set_num_threads(2)
@@ -156,7 +158,14 @@ def curve_section(record: dict, out: Path) -> str:
     fig.savefig(out / "recovery_curve.png", dpi=110)
     plt.close(fig)
     refit = record["refit"]
-    met = all(record["paired"][k]["ratio"] <= 1.10 for k in ("eval", "heldout"))
+    half = min(curve, key=lambda p: abs(p["tokens"] - curve[-1]["tokens"] / 2))  # the run's middle point
+
+    def verdict(kind: str) -> str:  # decided by the paired interval, not by the estimate alone
+        p = record["paired"][kind]
+        return ("within 1.10x" if p["high"] <= 1.10 else "above 1.10x" if p["low"] > 1.10
+                else "not distinguishable from 1.10x")
+    verdicts = {k: verdict(k) for k in ("eval", "heldout")}
+    met = all(v == "within 1.10x" for v in verdicts.values())
     lines = [
         "",
         "## What recovery costs: the long recovery (`make recover`)",
@@ -184,7 +193,8 @@ def curve_section(record: dict, out: Path) -> str:
         f"{record['pruned']['heldout']:.2f} ({record['pruned']['heldout'] / d['heldout']:.2f}x) | |",
     ]
     for p in curve:
-        lines.append(f"| {p['tokens']:,}{' (refit only)' if not p['tokens'] else ''} | {p['eval']:.2f} ({p['eval'] / d['eval']:.2f}x) | "
+        start = " (after the refit)" if refit["kept"] else " (the refit undone)"
+        lines.append(f"| {p['tokens']:,}{start if not p['tokens'] else ''} | {p['eval']:.2f} ({p['eval'] / d['eval']:.2f}x) | "
                      f"{p['heldout']:.2f} ({p['heldout'] / d['heldout']:.2f}x) | {p['seconds'] / 60:.1f} |")
     lines += [
         "",
@@ -192,13 +202,32 @@ def curve_section(record: dict, out: Path) -> str:
         "",
         f"Recovered vs dense, paired on the same tokens: prose {record['paired']['eval']['text']}; held-out "
         f"code {record['paired']['heldout']['text']}.",
-        f"Within 1.10x dense on both texts: **{'yes' if met else 'no'}** "
-        f"({record['paired']['eval']['ratio']:.3f}x prose, {record['paired']['heldout']['ratio']:.3f}x code).",
+        f"Where the tokens went: the first {curve[1]['tokens']:,} took prose from "
+        f"{curve[0]['eval'] / d['eval']:.2f}x to {curve[1]['eval'] / d['eval']:.2f}x dense and code from "
+        f"{curve[0]['heldout'] / d['heldout']:.2f}x to {curve[1]['heldout'] / d['heldout']:.2f}x; the second half "
+        f"of the run ({half['tokens']:,} -> {curve[-1]['tokens']:,} tokens) moved prose "
+        f"{half['eval'] / d['eval']:.2f}x -> {curve[-1]['eval'] / d['eval']:.2f}x and code "
+        f"{half['heldout'] / d['heldout']:.2f}x -> {curve[-1]['heldout'] / d['heldout']:.2f}x.",
+        f"Within 1.10x dense on both texts, decided by the intervals: **{'yes' if met else 'no'}** "
+        f"(prose {record['paired']['eval']['ratio']:.3f}x: {verdicts['eval']}; held-out code "
+        f"{record['paired']['heldout']['ratio']:.3f}x: {verdicts['heldout']}).",
     ]
     return "\n".join(lines) + "\n"
 
 
-def markdown(meta, rows, out: Path | None = None) -> str:
+NOTES = "What the table says:"  # the written reading of the table, kept when the page is rendered again
+
+
+def kept_notes(page: str) -> str:
+    """The written notes under the table (from ``NOTES`` to the next section), to render again."""
+    start = page.find("\n" + NOTES)
+    if start < 0:
+        return ""
+    end = page.find("\n## ", start)
+    return page[start:end if end >= 0 else len(page)].strip("\n") + "\n"
+
+
+def markdown(meta, rows, out: Path | None = None, notes: str = "") -> str:
     d = meta["dense"]
 
     def cell(pair):
@@ -235,7 +264,7 @@ def markdown(meta, rows, out: Path | None = None) -> str:
             f"{format(r['refit_seconds'], '.1f') if 'refit_seconds' in r else 'n/a'} | {r['distil_seconds']:.0f} | "
             f"{'yes' if final[0] <= 1.1 * d[0] else 'no'} ({final[0] / d[0]:.2f}x) | "
             f"{r['prefill_speedup']:.2f}x | {r['ideal_speedup']:.2f}x |")
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + ("\n" + notes if notes else "")
     curve = None if out is None else Path(out) / "recovery_curve.json"
     if curve is not None and curve.is_file():
         text += curve_section(json.loads(curve.read_text()), Path(out))

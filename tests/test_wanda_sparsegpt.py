@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, Gemma3TextConfig
 
-from course_lib.core import arch, data, metrics, models
+from course_lib.core import arch, metrics, models
 from course_lib.pruning import calibrate
-from course_lib.pruning.masks import magnitude_prune, parse_pattern, scores_to_mask
+from course_lib.pruning.masks import parse_pattern, scores_to_mask
 from course_lib.pruning.sparsegpt import HessianError, inverse_cholesky, sparsegpt_layer, sparsegpt_prune
 from course_lib.pruning.wanda import wanda_prune, wanda_scores
 
@@ -382,32 +382,9 @@ def test_prune_hits_the_sparsity_and_restores_bit_exactly(name, pattern, on_arri
 
 
 # ------------------------------------------------------------------ the real model
-@pytest.mark.embedded
-def test_ordering_on_smollm2(smollm2, smollm2_windows):
-    """At 50%: SparseGPT about as good as Wanda or better, Wanda far better than magnitude."""
-    model, tokenizer = smollm2
-    # 8 x 128 calibration tokens (the fixture) are fewer than down_proj's 1536 inputs: SparseGPT's
-    # Hessian is then rank-deficient and it overfits (measured: 39.7 vs Wanda 36.4); 16 x 128 suffices.
-    windows = data.windows_for(tokenizer, "smollm2-135m", seq_len=128, n_eval=4, n_calib=16)
-    calib, evaluation = windows.calib, smollm2_windows.eval
-    before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ppl = {}
-    try:
-        for name, prune in (("magnitude", lambda: magnitude_prune(model, 0.5)),
-                            ("wanda", lambda: wanda_prune(model, calib, 0.5, keep_masks=False)),
-                            ("sparsegpt", lambda: sparsegpt_prune(model, calib, 0.5, keep_masks=False))):
-            handle = prune()
-            try:
-                ppl[name] = metrics.perplexity(model, evaluation)
-            finally:
-                handle.restore()
-    finally:
-        for k, v in model.named_parameters():
-            if not torch.equal(v, before[k]):
-                v.data.copy_(before[k])
-                pytest.fail(f"{k} was not restored")
-    assert ppl["sparsegpt"] <= ppl["wanda"] * 1.05, ppl
-    assert ppl["wanda"] < ppl["magnitude"], ppl
+# The ordering on SmolLM2 at 50% (SparseGPT below Wanda, both far below magnitude) is lesson 05's
+# claim, decided over calibration draws with paired intervals; `make test` replays it with nbval,
+# so no unit test prunes the real model three more times to check it again.
 
 
 def test_sparsegpt_groups_side_by_side_give_bit_for_bit_what_one_after_the_other_gives():

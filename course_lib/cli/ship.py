@@ -14,7 +14,7 @@ takes int8 for the families whose smoothing folds the course has (Llama, Mistral
 nbits for the others; the JSON's ``shipped`` names the method taken, ``shipped_choice`` why, and
 ``shipped_note`` what the file holds); speedups are against the dense
 model, measured interleaved in the same run (``runtime.pipeline``); ``tokens_per_s``
-(dense and shipped) is greedy generation at batch 1 and 8. Perplexity is measured on the
+(every stage) is greedy generation at batch 1 and 8. Perplexity is measured on the
 course protocol's evaluation windows (16 x 256 of pydoc prose) and, as ``perplexity_heldout``,
 on held-out code (``--n-heldout`` windows of ``python-source``). ``MODEL`` may be a folder
 written by ``prune --save``.
@@ -82,7 +82,8 @@ def cmd_ship(args) -> dict:
         shipped = pipeline.run(model, windows, folder, fraction=args.fraction, keep_float=args.keep_float,
                                bits=args.bits, recover=args.recover, log=lambda *_: None, recipe=args.recipe,
                                shipped=method, alpha=args.alpha, heldout=heldout,
-                               tokens=args.latency_tokens, runs=args.runs, threads=args.threads)
+                               tokens=args.latency_tokens, runs=args.runs, threads=args.threads,
+                               served="all")
         rows = [row.as_dict() for row in shipped.rows]
     result = {"model": args.model, "recipe": args.recipe, "fraction": args.fraction, "bits": args.bits,
               "shipped": method, "shipped_choice": choice,
@@ -91,7 +92,7 @@ def cmd_ship(args) -> dict:
               "heldout": f"python-source {args.n_heldout} x {args.seq_len}" if heldout is not None else None,
               "workload": f"prefill 1x{args.latency_tokens}; decode 16 tokens after 32; greedy generation of "
                           f"16 tokens after 32 at batch {' and '.join(map(str, serve.SERVE_BATCHES))} "
-                          f"({', '.join(pipeline.SERVED)}); interleaved",
+                          "(every stage); interleaved",
               "threads": args.threads}
     if args.out:
         result["files"] = str(folder)

@@ -228,8 +228,8 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
 
     ``files[stage]``: the file (or folder) that ships the stage; ``perplexities``:
     figures already measured on ``windows`` (the rest are measured here); ``served``:
-    the stages whose greedy tokens per second is measured at each of ``batches``
-    (``serve.throughput``: a ``decode_context``-token prompt, ``decode_tokens`` new tokens);
+    the stages whose greedy tokens per second is measured at each of ``batches`` (``"all"``: every
+    stage; the default: dense and shipped) (``serve.throughput``: a ``decode_context``-token prompt, ``decode_tokens`` new tokens);
     ``heldout``: windows of another kind of text (code), whose perplexity every stage also gets.
     """
     if "dense" not in stages:
@@ -244,6 +244,7 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
     ppl_heldout = {label: perplexity(stage, heldout) for label, stage in stages.items()} if heldout is not None else {}
     vocab = stages["dense"].config.vocab_size
     prefill, decode = latencies(stages, vocab, **timing_options)
+    served = tuple(stages) if served == "all" else served
     serving = serve.throughput({label: stages[label] for label in served if label in stages}, vocab, batches,
                                prompt_tokens=timing_options.get("decode_context", 32),
                                new_tokens=timing_options.get("decode_tokens", 16),
