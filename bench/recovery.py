@@ -192,8 +192,8 @@ def curve_section(record: dict, out: Path) -> str:
         f"| pruned, no recovery | {record['pruned']['eval']:.2f} ({record['pruned']['eval'] / d['eval']:.2f}x) | "
         f"{record['pruned']['heldout']:.2f} ({record['pruned']['heldout'] / d['heldout']:.2f}x) | |",
     ]
+    start = " (after the refit)" if refit["kept"] else " (the refit undone)"  # the curve's step 0
     for p in curve:
-        start = " (after the refit)" if refit["kept"] else " (the refit undone)"
         lines.append(f"| {p['tokens']:,}{start if not p['tokens'] else ''} | {p['eval']:.2f} ({p['eval'] / d['eval']:.2f}x) | "
                      f"{p['heldout']:.2f} ({p['heldout'] / d['heldout']:.2f}x) | {p['seconds'] / 60:.1f} |")
     lines += [

@@ -228,8 +228,9 @@ def measure(stages: dict, files: dict, windows: torch.Tensor, seconds: dict | No
 
     ``files[stage]``: the file (or folder) that ships the stage; ``perplexities``:
     figures already measured on ``windows`` (the rest are measured here); ``served``:
-    the stages whose greedy tokens per second is measured at each of ``batches`` (``"all"``: every
-    stage; the default: dense and shipped) (``serve.throughput``: a ``decode_context``-token prompt, ``decode_tokens`` new tokens);
+    the stages whose greedy tokens per second is measured at each of ``batches`` (default dense and
+    shipped; ``"all"``: every stage), by ``serve.throughput`` (a ``decode_context``-token prompt,
+    ``decode_tokens`` new tokens);
     ``heldout``: windows of another kind of text (code), whose perplexity every stage also gets.
     """
     if "dense" not in stages:
