@@ -246,3 +246,27 @@ def test_not_faster_states_what_it_rules_out(low, median, high, bound, expected)
     from course_lib.core.timing import Speedup
 
     assert Speedup(median, low, high, 9).rules_out(bound) is expected
+
+
+@pytest.mark.parametrize("decided_on, expected", [(1, 1), (2, 2), (None, 3)])
+def test_a_lesson_measures_again_while_the_spread_does_not_decide(capsys, monkeypatch, decided_on, expected):
+    """``Lesson.latency(decides=...)``: a measurement whose spread does not decide the claim is
+    taken again, up to ``attempts`` in all, and the last one is returned."""
+    from course_lib.teaching import lesson
+
+    taken = []
+
+    def compare_prefill(candidates, **_):
+        taken.append(len(taken) + 1)
+        return {label: timing.Measurement.from_times(label, [0.01 * len(taken)] * 3, "cpu", 2)
+                for label in candidates}
+
+    monkeypatch.setattr(timing, "compare_prefill", compare_prefill)
+    run = lesson.Lesson("tiny-llama", None, None, None, "cpu", 2)
+    result = run.latency({"a": None, "b": None}, runs=3,
+                         decides=lambda r: decided_on is not None and len(taken) >= decided_on)
+    assert len(taken) == expected
+    assert result["a"].median_ms == pytest.approx(10 * expected)  # the last measurement
+    assert capsys.readouterr().out.count("measured again") == expected - 1
+    run.latency({"a": None}, runs=3)  # no decides: measured once
+    assert len(taken) == expected + 1

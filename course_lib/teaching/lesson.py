@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import platform
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -56,15 +57,24 @@ class Lesson:
         """An independent copy (to keep a dense model beside a pruned one)."""
         return copy.deepcopy(self.model)
 
-    def latency(self, candidates: dict, tokens: int = 128, runs: int = 7,
-                baseline: str | None = None) -> dict[str, Measurement]:
-        """Prefill latency of several models, interleaved run by run; prints ratios to the first."""
-        result = timing.compare_prefill(candidates, tokens=tokens, runs=runs, warmup=2,
-                                        threads=self.threads, device=self.device)
-        base = result[baseline or next(iter(result))]
-        for label, m in result.items():
-            print(f"{label:>24}: {m.median_ms:8.1f} ms (IQR {m.iqr_ms:.1f} ms, {m.runs} runs)  "
-                  f"ratio to {base.label}: {m.ratio_to(base):.2f}x")
+    def latency(self, candidates: dict, tokens: int = 128, runs: int = 7, baseline: str | None = None,
+                decides: Callable[[dict], bool] | None = None, attempts: int = 3) -> dict[str, Measurement]:
+        """Prefill latency of several models, interleaved run by run; prints ratios to the first.
+
+        ``decides(result)``: whether the measurement's spread decides what the lesson claims
+        from it; a spread too wide (a burst of load) is measured again, up to ``attempts``
+        times in all, and each new measurement is printed."""
+        for attempt in range(attempts if decides is not None else 1):
+            if attempt:
+                print("the spread is too wide to decide: measured again")
+            result = timing.compare_prefill(candidates, tokens=tokens, runs=runs, warmup=2,
+                                            threads=self.threads, device=self.device)
+            base = result[baseline or next(iter(result))]
+            for label, m in result.items():
+                print(f"{label:>24}: {m.median_ms:8.1f} ms (IQR {m.iqr_ms:.1f} ms, {m.runs} runs)  "
+                      f"ratio to {base.label}: {m.ratio_to(base):.2f}x")
+            if decides is None or decides(result):
+                break
         return result
 
 
