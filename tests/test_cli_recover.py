@@ -1,4 +1,4 @@
-"""prune --method layers and --recover {none,refit,distil}: promised keys, honest values, clear errors."""
+"""prune --method layers and --recover {none,refit,distil,long}: promised keys, honest values, clear errors."""
 import json
 
 import pytest
@@ -59,6 +59,7 @@ def test_recover_reports_each_stage_and_wins_quality_back(capsys, method, recove
     (["--method", "wanda", "--recover", "distil"], "repairs a structured prune"),
     (["--method", "mlp", "--recover", "distil", "--steps", "-2"], "argument --steps: -2 is out of range"),
     (["--method", "layers", "--sparsity", "1.2"], "outside [0, 1)"),
+    (["--method", "mlp", "--recover", "long"], "--recover long is the long recovery of one cut"),
 ])
 def test_bad_recovery_requests_exit_2(capsys, args, message):
     assert main(["prune", "tiny-llama", *args, *FAST]) == 2

@@ -65,3 +65,31 @@ def test_a_half_written_folder_is_not_a_recovery(built):
         assert L.load(dense, PLAN) is None  # the record is written last: without it, not finished
     finally:
         (folder / "recovery.json.bak").rename(folder / L.RECORD)
+
+
+def test_the_command_line_loads_the_long_recovery_of_its_cut(built, capsys, monkeypatch):
+    """``prune --recover distil`` (no --steps) of the cut the long recovery made loads it from the
+    cache: the report names it and its steps, and the model scored after is the recovered one."""
+    import json
+
+    from course_lib.cli import prune as P
+    from course_lib.cli.main import main
+    from course_lib.core import data, metrics
+
+    dense, tokenizer, model, record, _ = built
+    monkeypatch.setattr(L, "LONG", PLAN)
+    monkeypatch.setattr(P, "_is_long_cut", lambda args, *rest: args.model == MODEL)
+    fast = ["--seq-len", "32", "--n-eval", "2", "--n-calib", "4", "--runs", "1", "--latency-tokens", "8",
+            "--threads", "1", "--json"]
+    assert main(["prune", MODEL, "--method", "mlp", "--sparsity", str(PLAN.fraction), "--recover", "distil",
+                 *fast]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["recover_steps"] == PLAN.steps and result["recover_source"].startswith("the long recovery")
+    windows = data.windows_for(tokenizer, MODEL, seq_len=32, n_eval=2, n_calib=0)
+    assert result["perplexity_after"] == round(metrics.perplexity(model, windows.eval), 3)
+    assert result["parameters_after"] == record["parameters"]["recovered"]
+    # with --steps, the short recovery runs instead, and says so
+    assert main(["prune", MODEL, "--method", "mlp", "--sparsity", str(PLAN.fraction), "--recover", "distil",
+                 "--steps", "1", *fast]) == 0
+    short = json.loads(capsys.readouterr().out)
+    assert short["recover_steps"] == 1 and short["recover_source"].startswith("short: 1 step of")

@@ -6,12 +6,15 @@
     python -m course_lib prune smollm2-135m --method mlp --sparsity 0.25 --save pruned/
     python -m course_lib prune smollm2-135m --method layers --sparsity 0.2 --recover distil --steps 20
     python -m course_lib prune smollm2-135m --method heads --sparsity 0.25 --score weight-norm
+    python -m course_lib prune smollm2-135m --method mlp --sparsity 0.25 --recover long
 
 It prints perplexity before/after (course protocol windows), the prune's wall
 time and the pruned/dense prefill latency ratio, measured side by side in the
 same run, next to its ideal (FLOPs) ratio. ``--recover refit|distil`` (structured
 methods) then repairs the pruned model against the dense one and reports the
-perplexity after recovery and its seconds. Structured methods choose what goes by
+perplexity after recovery and its seconds (``recover_source`` says which recovery ran:
+``--recover distil`` of the cut ``make recover`` builds loads that long recovery when the
+machine has it, unless ``--steps`` asks for a short one). Structured methods choose what goes by
 the data-aware score of ``recipes.SCORES`` unless ``--score`` names another.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from . import options
 def cmd_prune(args) -> dict:
     method, pattern = check_method(args.method, args.pattern)  # the options first: no torch needed
     score = check_score(method, args.score)
-    recover = check_recovery(args.recover, args.steps)
+    recover = check_recovery(args.recover, args.steps if args.steps is not None else DEFAULT_STEPS)
     if recover != "none" and method not in STRUCTURED:
         raise ValueError(f"--recover {recover} repairs a structured prune ({', '.join(STRUCTURED)}); "
                          f"method {method!r} zeroes single weights. Use --recover none.")
@@ -51,14 +54,32 @@ def cmd_prune(args) -> dict:
     windows = data.windows_for(tokenizer, args.model, source=args.source, seq_len=args.seq_len,
                                n_eval=args.n_eval, n_calib=n_calib)
     ppl_before = metrics.perplexity(model, windows.eval)
+    long_recovery = _long_recovery(args, model, tokenizer, method, score, sparsity, pattern, recover)
+    calib = windows.calib if n_calib else None
+    if long_recovery is not None:  # the cut the long recovery made: its own calibration text
+        from ..recover import long
+
+        calib = long.texts(tokenizer, args.model, long.LONG)["train"][:16]
     pruned = copy.deepcopy(model)  # the dense model stays, for the side-by-side timing
     started = time.perf_counter()
-    handle = prune_with(pruned, method, sparsity, pattern, windows.calib if n_calib else None, score)
+    handle = prune_with(pruned, method, sparsity, pattern, calib, score)
     prune_seconds = time.perf_counter() - started
     ppl_pruned = metrics.perplexity(pruned, windows.eval)
     started = time.perf_counter()
-    handles = recover_with(pruned, model, recover, windows.calib if n_calib else None,
-                           steps=args.steps, quiet=not getattr(args, "progress", False))
+    steps = DEFAULT_STEPS if args.steps is None else args.steps
+    if long_recovery is not None:
+        pruned, record, handles = long_recovery[0], long_recovery[1], []
+        steps = record["plan"]["steps"]
+        source = (f"the long recovery (make recover), cached: {steps} steps x {record['plan']['batch_size']} x "
+                  f"{record['plan']['seq_len']} tokens of prose and code, built {record['built']} "
+                  f"({record['machine']}) in {record['seconds']:.0f} s")
+    else:
+        handles = recover_with(pruned, model, recover, calib, steps=steps,
+                               quiet=not getattr(args, "progress", False))
+        source = ("" if recover != "distil" else
+                  f"short: {steps} step{'' if steps == 1 else 's'} of {calib.shape[1]}-token calibration windows"
+                  + (" (the long recovery of this cut is not built here: make recover, or --recover long)"
+                     if _is_long_cut(args, method, score, sparsity, pattern) else ""))
     refit_errors = next((h.info["errors"] for h in handles if h.info.get("kind") == "refit"), None)
     recover_seconds = time.perf_counter() - started
     ppl_after = ppl_pruned if recover == "none" else metrics.perplexity(pruned, windows.eval)
@@ -81,7 +102,8 @@ def cmd_prune(args) -> dict:
         "perplexity_pruned": round(ppl_pruned, 3),
         "perplexity_after": round(ppl_after, 3),
         "recover": recover,
-        "recover_steps": args.steps if recover == "distil" else 0,
+        "recover_steps": steps if recover in ("distil", "long") else 0,
+        "recover_source": source,
         "refit_projections": None if refit_errors is None else
         f"{sum(e['refit'] for e in refit_errors.values())}/{len(refit_errors)}",
         "prune_seconds": round(prune_seconds, 2),
@@ -99,6 +121,42 @@ def cmd_prune(args) -> dict:
         "threads": comparison.measurements["prefill dense"].threads,
         **saved,
     }
+
+
+def _is_long_cut(args, method, score, sparsity, pattern) -> bool:
+    """Whether this prune is the cut ``make recover`` builds the long recovery of."""
+    from ..recover import long
+
+    return (method == "mlp" and score == "activation" and pattern is None and args.model == "smollm2-135m"
+            and abs(sparsity - long.LONG.fraction) < 1e-9)
+
+
+def _long_recovery(args, model, tokenizer, method, score, sparsity, pattern, recover):
+    """``(recovered model, record)`` of the long recovery when it applies: ``--recover long``
+    (loaded, or built now: ~30 min on 2 cores), or ``--recover distil`` without ``--steps``
+    when this machine has built it. Otherwise None."""
+    from ..recover import long
+
+    if recover == "long":
+        if not _is_long_cut(args, method, score, sparsity, pattern):
+            raise ValueError(f"--recover long is the long recovery of one cut: smollm2-135m, --method mlp "
+                             f"--sparsity {long.LONG.fraction} with the activation score (make recover builds it); "
+                             f"this is {args.model} --method {method} --sparsity {sparsity:g}. Use --recover distil "
+                             "--steps N for another cut.")
+        import contextlib
+        import sys
+
+        with contextlib.redirect_stdout(sys.stderr):  # a build's progress, never into --json's output
+            return long.load_or_build(model, tokenizer, args.model, long.LONG, log=_stderr)
+    if recover == "distil" and args.steps is None and _is_long_cut(args, method, score, sparsity, pattern):
+        return long.load(model, long.LONG)
+    return None
+
+
+def _stderr(text: str) -> None:
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
 
 
 def _save(args, pruned, handle, tokenizer) -> dict:
@@ -139,7 +197,10 @@ def register(sub, common, eval_args) -> None:
                             "only the course opens it)")
     prune.add_argument("--recover", default="none", choices=RECOVERY,
                        help="after a structured prune: refit (closed-form repair of the output "
-                            "projections) or distil (refit, then KL distillation from the dense model)")
-    prune.add_argument("--steps", type=options.int_in(0, 100_000), default=DEFAULT_STEPS,
-                       help=f"distillation steps for --recover distil (default {DEFAULT_STEPS})")
+                            "projections), distil (refit, then KL distillation from the dense model) "
+                            "or long (the long recovery make recover builds: loaded, or built, ~30 min)")
+    prune.add_argument("--steps", type=options.int_in(0, 100_000), default=None,
+                       help=f"distillation steps for --recover distil (default {DEFAULT_STEPS}; for the "
+                            "cut make recover builds, smollm2-135m --method mlp --sparsity 0.25, the "
+                            "cached long recovery when this machine has it)")
     prune.set_defaults(run=cmd_prune)

@@ -26,7 +26,7 @@ SCORE_MEANING = {"contribution": "each head's measured share of the layer output
                  "block-influence": "how much each layer turns the hidden state on calibration text",
                  "weight-norm": "weight norms only, no data (lesson 4 shows it can ruin a model)"}
 
-RECOVERY = ("none", "refit", "distil")
+RECOVERY = ("none", "refit", "distil", "long")
 DEFAULT_STEPS = 20  # distillation steps of --recover distil
 
 
@@ -99,7 +99,8 @@ def check_recovery(recover: str, steps: int = DEFAULT_STEPS) -> str:
     if recover not in RECOVERY:
         raise ValueError(f"--recover {recover!r} is not known: choose one of {', '.join(RECOVERY)} "
                          "(refit: closed-form repair of the output projections, seconds; distil: "
-                         "refit, then KL distillation from the dense model for --steps steps).")
+                         "refit, then KL distillation from the dense model for --steps steps; long: the long "
+                         "recovery make recover builds, for smollm2-135m's 25% MLP cut).")
     if not isinstance(steps, int) or steps < 0:
         raise ValueError(f"--steps {steps!r}: give a whole number of distillation steps >= 0.")
     return recover

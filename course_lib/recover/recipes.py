@@ -29,6 +29,9 @@ def recover_with(pruned: nn.Module, dense: nn.Module, recover: str, calib: torch
     check_recovery(recover, steps)
     if recover == "none":
         return []
+    if recover == "long":
+        raise ValueError("--recover long is one cached recovery (course_lib.recover.long: make recover), "
+                         "not a recipe to run on any model: use --recover distil with --steps.")
     if calib is None or len(calib) == 0:
         raise ValueError(f"--recover {recover} needs calibration windows (n_calib > 0).")
     if recover == "refit" and not can_refit(pruned, dense):

@@ -174,3 +174,32 @@ def intervals(items: dict[str, tuple[float, float, float]], xlabel: str, title: 
     ax.set(xlabel=xlabel, title=title)
     ax.grid(alpha=0.3, axis="x")
     return _finish(fig)
+
+
+def pareto(points: dict[str, dict], dense_label: str = "dense", title: str = ""):
+    """Quality against speed, one panel per timing (prefill, decode): the cuts before and after
+    recovery. ``points[name]``: ``prefill`` / ``decode`` as (median, low, high) speedups,
+    ``before`` / ``after`` as (ratio, low, high) perplexity ratios to dense. Speedups carry their
+    paired runs' IQR, ratios their 95% interval; an arrow goes from before to after recovery."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.0, 3.6), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, stage in zip(axes, ("prefill", "decode")):
+        ax.plot([1.0], [1.0], "*", color="black", ms=10, label=dense_label)
+        for color, (name, p) in zip(colors, points.items()):
+            x, xl, xh = p[stage]
+            for when, face in (("before", "white"), ("after", color)):
+                y, yl, yh = p[when]
+                ax.errorbar([x], [y], xerr=[[x - xl], [xh - x]], yerr=[[y - yl], [yh - y]], fmt="o",
+                            color=color, mfc=face, capsize=2, label=f"{name}" if when == "after" else None)
+            ax.annotate("", xy=(x, p["after"][0]), xytext=(x, p["before"][0]),
+                        arrowprops={"arrowstyle": "->", "color": color, "alpha": 0.6})
+        ax.set_yscale("log")
+        ticks = [t for t in (1, 1.25, 1.5, 2, 3, 5, 10) if t <= ax.get_ylim()[1]]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set(xlabel=f"{stage} speedup over dense (x)", title=stage)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("perplexity / dense (log)\nhollow: before recovery")
+    axes[1].legend(fontsize=7, loc="center left")
+    fig.suptitle(title, fontsize=10)
+    return _finish(fig)
