@@ -150,3 +150,25 @@ def test_stand_ins_mirror_the_geometry_of_their_originals():
         with pytest.raises(IndexError, match="layers 0.."):
             geo.attn_module(geo.n_layers)
     assert arch.geometry(models.load("tiny-gemma3-270m")[0]).head_dim == 256
+
+
+def test_own_memory_copies_the_mapped_weights_once_and_keeps_ties(tmp_path):
+    """An explorer's first prune must not pay copy-on-write faults: ``own_memory`` moves every
+    weight off the checkpoint's mapped file (new storage, same values), keeps tied weights one
+    Parameter, and a second call copies nothing."""
+    import torch
+
+    from course_lib.core import models
+
+    tiny, _ = models.load("tiny-llama")
+    tiny.save_pretrained(tmp_path)
+    model = models.quiet_transformers().AutoModelForCausalLM.from_pretrained(tmp_path)
+    before = {name: (p.data_ptr(), p.detach().clone()) for name, p in model.named_parameters()}
+    models.own_memory(model)
+    after = dict(model.named_parameters())
+    assert all(after[name].data_ptr() != ptr and torch.equal(after[name], value)
+               for name, (ptr, value) in before.items())
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    pointers = [p.data_ptr() for p in model.parameters()]
+    models.own_memory(model)
+    assert [p.data_ptr() for p in model.parameters()] == pointers

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from course_lib.core import data, metrics, timing
-from course_lib.teaching import presenter
+from course_lib.teaching import presenter, widgets
 from course_lib.pruning import masks, mlp
 
 from browser_support import chromium_page, free_port, missing_browser_tools, server, tail
@@ -229,7 +229,10 @@ def test_presenter_dashboard_moves_a_slider_in_chromium(tmp_path, smollm2):
     log = tmp_path / "voila.log"
     # what `make present` runs with, without the background precompute: it would spend the
     # test's minutes on SparseGPT grids the test never reads (tested on its own above)
-    env = {**presenter.server_env(), presenter.PRECOMPUTE_ENV: "0"}
+    # and an empty explorer cache: the first numbers timed below are points never measured
+    # (with this machine's cache they would be disk hits of a few ms)
+    env = {**presenter.server_env(), presenter.PRECOMPUTE_ENV: "0",
+           widgets.EXPLORER_CACHE_ENV: str(tmp_path / "explorer-cache")}
     try:
         with server(presenter.voila_command(port), port, log, env=env, timeout=60), \
                 chromium_page(tmp_path / "chromium-profile") as page:

@@ -66,7 +66,7 @@ from IPython.display import Image, display
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from ..core import arch, metrics, stats, timing
+from ..core import arch, metrics, models, stats, timing
 from ..core.cancel import Cancelled, checkpoint, checkpoints_inside, stop_when
 
 SPEED_AXIS = (0.5, 1.5)  # the speed axis shows at least this range, so noise looks like noise
@@ -127,8 +127,15 @@ def exclusive(model):
         yield model
 
 
+EXPLORER_CACHE_ENV = "COURSE_EXPLORER_CACHE"
+
+
 def default_cache_dir() -> Path:
-    """Where explorers keep measured points between sessions (``COURSE_CACHE`` overrides)."""
+    """Where explorers keep measured points between sessions: ``$COURSE_EXPLORER_CACHE`` if set
+    (a session that must measure every point anew, e.g. a timing test), else ``explorer/`` in
+    ``$COURSE_CACHE`` (default ``~/.cache/pruning-course``)."""
+    if os.environ.get(EXPLORER_CACHE_ENV):
+        return Path(os.environ[EXPLORER_CACHE_ENV])
     return Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "pruning-course")) / "explorer"
 
 
@@ -246,6 +253,7 @@ class Explorer:
             raise ValueError(f"latency_runs={latency_runs!r}: give the most paired runs a point may "
                              "take, a whole number >= 1 (6 or more can decide a verdict).")
         self.model = model
+        models.own_memory(model)  # the first prune writes the weights: no copy-on-write faults then
         self.eval_windows = eval_windows
         self.also_on = dict(also_on or {})
         self.prune = prune
