@@ -19,7 +19,7 @@ paired ratios with their interquartile range, next to its ideal (FLOPs for prefi
 bytes read per token for decode).
 
 Writes ``bench/pareto.json`` (every figure, and where and when it was measured: lesson 4
-loads it and prints that provenance). About 25 minutes on 2 cores;
+loads it and prints that provenance). 22 minutes on 2 cores (measured);
 run it on a quiet machine (the timings).
 """
 from __future__ import annotations

@@ -366,8 +366,8 @@ run.claim("they close the gap: depth, decidedly behind width before distillation
 # %% [markdown]
 # ## Width or depth, after a real recovery
 #
-# Six steps on one window each is not a recovery anyone would ship, and the verdict above
-# moved with it. The fair question takes the same parameters from every cut, gives every cut
+# Six steps on one window each is not a recovery anyone would ship, and it left depth and
+# width not distinguishable. The fair question takes the same parameters from every cut, gives every cut
 # the same real recovery, and then measures quality *and* speed. Four cuts of exactly the
 # parameters of six layers (`course_lib/pruning/budget.py` counts them): six whole layers
 # (depth); MLP neurons only (width); one KV group of every layer plus neurons (width,
@@ -376,7 +376,7 @@ run.claim("they close the gap: depth, decidedly behind width before distillation
 # code, distilled from the dense model), scored on the protocol's 16 x 256 evaluation windows
 # and on held-out Python source, paired with dense, and timed beside dense run by run.
 #
-# That takes about 25 minutes on 2 cores, more than a lesson may: `bench/pareto.py` measured
+# That took 22 minutes on 2 cores, more than a lesson may: `bench/pareto.py` measured
 # it once and committed `bench/pareto.json`. The cell loads it and first says where and when
 # it was measured; every claim below is decided by the stored intervals.
 #
