@@ -81,9 +81,11 @@ def test_the_command_line_loads_the_long_recovery_of_its_cut(built, capsys, monk
     monkeypatch.setattr(P, "_is_long_cut", lambda args, *rest: args.model == MODEL)
     fast = ["--seq-len", "32", "--n-eval", "2", "--n-calib", "4", "--runs", "1", "--latency-tokens", "8",
             "--threads", "1", "--json"]
+    saved = L.models.cache_dir() / "saved-long"  # the fixture's temporary cache
     assert main(["prune", MODEL, "--method", "mlp", "--sparsity", str(PLAN.fraction), "--recover", "distil",
-                 *fast]) == 0
+                 "--save", str(saved), *fast]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["saved_format"] == "standard Hugging Face checkpoint"  # the recovered model, saved
     assert result["recover_steps"] == PLAN.steps and result["recover_source"].startswith("the long recovery")
     windows = data.windows_for(tokenizer, MODEL, seq_len=32, n_eval=2, n_calib=0)
     assert result["perplexity_after"] == round(metrics.perplexity(model, windows.eval), 3)

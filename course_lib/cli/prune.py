@@ -69,6 +69,7 @@ def cmd_prune(args) -> dict:
     steps = DEFAULT_STEPS if args.steps is None else args.steps
     if long_recovery is not None:
         pruned, record, handles = long_recovery[0], long_recovery[1], []
+        pruned.course_name = model.course_name  # loaded from the cache's folder: --save names its base model
         steps = record["plan"]["steps"]
         source = (f"the long recovery (make recover), cached: {steps} steps x {record['plan']['batch_size']} x "
                   f"{record['plan']['seq_len']} tokens of prose and code, built {record['built']} "
