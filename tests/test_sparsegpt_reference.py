@@ -160,3 +160,19 @@ def test_layer_1_is_calibrated_on_what_the_pruned_layer_0_outputs(method):
     match_pruned, match_dense = _agreement(masks, from_pruned), _agreement(masks, from_dense)
     assert match_pruned > 0.999, match_pruned  # equal up to a rare floating-point tie
     assert match_dense < 0.99, match_dense  # and the dense activations would have given others
+
+
+@pytest.mark.parametrize("n", [7, 128, 129, 300, 1000])
+def test_lower_inverse_is_the_triangular_solve(n):
+    """The inverse by halves equals the solve against the identity, to float64 rounding, at sizes
+    that recurse unevenly; a sign lost on the off-diagonal block or a block placed in the
+    wrong corner would be off by O(1)."""
+    from course_lib.pruning.sparsegpt import lower_inverse
+
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    lower = torch.linalg.cholesky(a @ a.t() / n + torch.eye(n, dtype=torch.float64))
+    want = torch.linalg.solve_triangular(lower, torch.eye(n, dtype=torch.float64), upper=False)
+    got = lower_inverse(lower)
+    assert torch.equal(got.triu(1), torch.zeros_like(got))  # lower-triangular
+    assert (got - want).abs().max().item() < 1e-12 * want.abs().max().item()

@@ -104,11 +104,13 @@ def _lowest_k(flat: torch.Tensor, k: int) -> torch.Tensor:
         return prune
     # the k-th value + a tie fix-up: cheaper in memory than topk on 100M scores.
     threshold = kth_smallest(flat, k).reshape(())
-    prune |= flat < threshold
+    torch.le(flat, threshold, out=prune)
+    if int(prune.sum()) == k:  # the usual case: no other score equals the k-th (one pass fewer)
+        return prune
+    prune = flat < threshold
     missing = k - int(prune.sum())
-    if missing > 0:
-        ties = torch.nonzero(flat == threshold).flatten()[:missing]
-        prune[ties] = True
+    ties = torch.nonzero(flat == threshold).flatten()[:missing]
+    prune[ties] = True
     return prune
 
 
