@@ -36,20 +36,11 @@ import torch
 
 from course_lib.core import arch, metrics, models, stats, timing
 from course_lib.pruning import budget
-from course_lib.recover import distil as D
 from course_lib.recover import long
-from course_lib.recover import recipes as RR
-from course_lib.recover import repair as R
 from course_lib.runtime import speed
 from course_lib.teaching.lesson import machine
 
 MODEL = "smollm2-135m"
-
-
-def paired(q: stats.Quality, base: stats.Quality) -> dict:
-    vs = q.vs(base)
-    return {"ratio": round(vs.ratio, 4), "low": round(vs.low, 4), "high": round(vs.high, 4),
-            "verdict": vs.verdict, "text": str(vs)}
 
 
 def speedup_dict(s: timing.Speedup, ideal: float) -> dict:
@@ -66,23 +57,6 @@ def commit() -> str:
         return head + (" (with uncommitted changes)" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def recover(student, dense, windows: dict, plan: long.Plan) -> dict:
-    """The long recovery's recipe on ``student`` in place: the refit if it helps, then distillation."""
-    info = {"refit": None}
-    if RR.can_refit(student, dense) and R.changed_projections(student, dense):
-        before = metrics.perplexity(student, windows["valid"])
-        handle = R.refit(student, dense, windows["train"][:32])
-        after = metrics.perplexity(student, windows["valid"])
-        if not after < before:
-            handle.restore()
-        info["refit"] = {"kept": after < before, "valid_before": round(before, 3), "valid_after": round(after, 3)}
-    started = time.perf_counter()
-    D.distil(student, dense, windows["train"], steps=plan.steps, lr=plan.lr, batch_size=plan.batch_size,
-             quiet=True, seed=plan.seed, schedule="cosine", warmup=plan.warmup)
-    info["distil_seconds"] = round(time.perf_counter() - started, 1)
-    return info
 
 
 def main() -> None:
@@ -107,26 +81,26 @@ def main() -> None:
     cuts = budget.equal_cuts(dense, windows["train"][:16], args.layers)
     for cut in cuts.values():
         print(f"{cut.name}: {cut.describe()}", flush=True)
-    group, width = arch.attention_shape(dense, 0).group_size, arch.mlp_width(dense, 0)
     rows, before_q, after_q, students = {}, {}, {}, {}
     for name, cut in cuts.items():
         student = budget.pruned_copies(dense, {name: cut})[name]
         before_q[name] = quality(student)
-        info = recover(student, dense, windows, plan)
+        info, _ = long.recover_in_place(student, dense, windows, plan, log=lambda *_: None)
         after_q[name] = quality(student)
         students[name] = student
         rows[name] = {
-            "cut": {"layers": cut.layers, "kv_groups": sum(map(len, cut.heads.values())) // group,
+            "cut": {"layers": cut.layers,  # each layer's own group size and width: a model may vary them
+                    "kv_groups": sum(len(v) // arch.attention_shape(dense, k).group_size for k, v in cut.heads.items()),
                     "heads": {str(k): v for k, v in cut.heads.items()},
                     "neurons": sum(map(len, cut.neurons.values())),
-                    "mlp_widths": sorted({width - len(v) for v in cut.neurons.values()}),
+                    "mlp_widths": sorted({arch.mlp_width(dense, k) - len(v) for k, v in cut.neurons.items()}),
                     "description": cut.describe()},
             "parameters_removed": cut.parameters,
             "parameters": metrics.parameter_count(student),
             **info,
-            "before": {kind: {"perplexity": round(q.perplexity, 3), "vs_dense": paired(q, dense_q[kind])}
+            "before": {kind: {"perplexity": round(q.perplexity, 3), "vs_dense": q.vs(dense_q[kind]).record()}
                        for kind, q in before_q[name].items()},
-            "after": {kind: {"perplexity": round(q.perplexity, 3), "vs_dense": paired(q, dense_q[kind])}
+            "after": {kind: {"perplexity": round(q.perplexity, 3), "vs_dense": q.vs(dense_q[kind]).record()}
                       for kind, q in after_q[name].items()},
         }
         print(f"{name}: prose {rows[name]['before']['eval']['vs_dense']['ratio']:.3f}x -> "
@@ -136,7 +110,7 @@ def main() -> None:
     pairs = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            pairs[f"{a} | {b}"] = {stage: {kind: paired(qs[a][kind], qs[b][kind]) for kind in ("eval", "heldout")}
+            pairs[f"{a} | {b}"] = {stage: {kind: qs[a][kind].vs(qs[b][kind]).record() for kind in ("eval", "heldout")}
                                    for stage, qs in (("before", before_q), ("after", after_q))}
 
     # the clock: dense and the four recovered cuts, interleaved run by run

@@ -191,18 +191,23 @@ run.claim("the first eighth of the tokens wins back more than half of what the w
           all(curve[0][k] - curve[1][k] > 0.5 * (curve[0][k] - curve[-1][k]) for k in ("eval", "heldout")),
           ", ".join(f"{k}: {curve[0][k]:.2f} -> {curve[1][k]:.2f} after {curve[1]['tokens']:,} tokens, "
                     f"{curve[-1][k]:.2f} at the end" for k in ("eval", "heldout")))
-run.claim("the second half of the tokens moves each perplexity by less than 1%",
-          all(abs(m) < 0.01 for m in moved.values()),
-          ", ".join(f"{k} {half[k]:.2f} -> {curve[-1][k]:.2f}" for k in ("eval", "heldout")))
-run.claim("after 200 steps, prose is not distinguishable from 1.10x dense, while code stays decidedly above it",
-          prose_end["low"] <= 1.10 <= prose_end["high"] and code_end["low"] > 1.10,
+first = {key: 1 - curve[1][key] / curve[0][key] for key in ("eval", "heldout")}  # the first eighth's gain
+run.claim("the second half of the tokens lowers each perplexity by less than a third of what the first eighth did",
+          all(moved[k] < first[k] / 3 for k in moved),
+          ", ".join(f"{k}: first eighth -{first[k]:.1%}, second half -{moved[k]:.1%} ({half[k]:.2f} -> "
+                    f"{curve[-1][k]:.2f})" for k in ("eval", "heldout")))
+run.claim("after 200 steps, prose is decidedly within 1.10x dense, while code stays decidedly above it",
+          prose_end["high"] < 1.10 and code_end["low"] > 1.10,
           f"prose {prose_end['text']}; code {code_end['text']}")
 
 # %% [markdown]
 # Recovery is cheap at first and expensive after: the first 25,600 tokens do most of what
-# 205k do, and the second half of the run barely moves either text. Past that point more of
-# the same text bought almost nothing here; what is left to try is another mix (more code),
-# another learning rate or a smaller cut.
+# 205k do, and the second half of the run buys a few percent more. The cut matters as much
+# as the training: this run removes the neurons of smallest measured contribution (lesson
+# 4's sharper score); chosen by mean |activation|, the same recipe ended at 1.09x dense on
+# prose and 1.28x on code, and 1.12x / 1.32x with more code in its text. What is left to
+# try for code: another learning rate, a smaller cut, or a recovery that refits more than
+# the down projection. <!-- quoted: bench/recovery.md, earlier builds of make recover -->
 
 # %% [markdown]
 # ## Stage 3 — int8 in PyTorch: why the naive way breaks this model

@@ -101,15 +101,18 @@ def test_requests_follow_the_given_scores():
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
 def test_structured_cuts_default_to_the_data_aware_score(name):
     """Lesson 4: by weight norm, 25% of SmolLM2's neurons cost perplexity 1.5 million; by activation 21.8.
-    Unless told otherwise, prune_with and the requests choose by the data."""
+    Unless told otherwise, prune_with and the requests choose by the data (for neurons, the measured
+    contribution: column norm x RMS activation, which ranks them otherwise than the mean |activation|)."""
     model, tokenizer = models.load(name)
     calib = _calib(tokenizer, name)
-    for method, by_data in (("mlp", M.neuron_importance_activation(model, calib)),
+    for method, by_data in (("mlp", M.neuron_importance_contribution(model, calib)),
                             ("heads", H.head_importance_contribution(model, calib))):
         request = (neurons_request if method == "mlp" else heads_request)
         expected = request(model, 0.25, scores=by_data)
         assert request(model, 0.25, calib=calib) == expected
         assert request(model, 0.25, scores=importance(model, method, "weight-norm")) != expected  # a real choice
+        if method == "mlp":  # and not the lessons' mean |activation| under another name
+            assert request(model, 0.25, scores=importance(model, method, "activation", calib)) != expected
         handle = prune_with(model, method, 0.25, calib=calib)
         assert handle.info["score"] == SCORES[method][0]
         assert handle.info["neurons" if method == "mlp" else "heads"] == expected
@@ -120,7 +123,7 @@ def test_structured_cuts_default_to_the_data_aware_score(name):
         prune_with(model, "heads", 0.25)
 
 
-@pytest.mark.parametrize("method,default", [("mlp", "activation"), ("heads", "contribution"),
+@pytest.mark.parametrize("method,default", [("mlp", "contribution"), ("heads", "contribution"),
                                             ("layers", "block-influence"), ("wanda", None)])
 def test_prune_names_its_score_and_takes_another(capsys, method, default):
     result = _prune(capsys, "tiny-llama", "--method", method, "--sparsity", "0.5")
@@ -132,7 +135,7 @@ def test_prune_names_its_score_and_takes_another(capsys, method, default):
 
 @pytest.mark.parametrize("args, shown", [
     (["--method", "mlp", "--score", "magnitude"], "--score 'magnitude' is not a score for --method mlp: "
-                                                  "choose one of activation, weight-norm"),
+                                                  "choose one of contribution, activation, weight-norm"),
     (["--method", "heads", "--score", "activation"], "choose one of contribution, ablation, weight-norm"),
     (["--method", "wanda", "--score", "activation"], "--method 'wanda' zeroes single weights"),
 ])

@@ -169,6 +169,42 @@ def test_activation_importance_matches_a_second_computation(name):
     assert M.neuron_importance_activation(model, windows)[0][4] == 0
 
 
+@pytest.mark.parametrize("name", TINY)
+def test_contribution_is_what_removing_the_neuron_takes_from_the_mlp_output(name):
+    """The contribution score of neuron j, by its definition: the RMS over the calibration tokens of
+    how far the MLP's output moves when j is zeroed (on the inputs the dense model gives the MLP).
+    Computed here by zeroing, one neuron at a time; a score without the column norm, with the
+    mean |h| instead of the RMS, or without the square root would not match."""
+    model, _ = models.load(name)
+    windows = X[:, :16]
+    got = M.neuron_importance_contribution(model, windows, batch_size=1)
+    blocks = [arch.mlp(layer) for layer in arch.decoder_layers(model)]
+    inputs = {}
+    hooks = [b.register_forward_pre_hook(lambda _m, args, i=i: inputs.setdefault(i, []).append(args[0].detach()))
+             for i, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            for w in windows:
+                model(w[None], use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    checked = 0
+    for i, block in enumerate(blocks):
+        x = torch.cat(inputs[i], dim=1)
+        with torch.no_grad():
+            full = block(x)
+            for j in (0, 3, arch.mlp_width(model, i) - 1):
+                handle = M.zero_neurons(model, {i: [j]})
+                moved = (full - block(x)).pow(2).sum(-1).mean().sqrt()
+                handle.restore()
+                torch.testing.assert_close(got[i][j], moved.float(), rtol=1e-4, atol=1e-7)
+                checked += 1
+    assert checked == 3 * len(blocks)
+    activation = M.neuron_importance_activation(model, windows)
+    assert any(not torch.equal(torch.argsort(a), torch.argsort(c)) for a, c in zip(activation, got))
+
+
 def test_least_important_neurons():
     scores = [torch.tensor([3., 1., 2., 0.]), torch.tensor([10., 20., 30., 40.])]
     assert M.least_important_neurons(scores, 0.5) == {0: [1, 3], 1: [0, 1]}

@@ -59,7 +59,7 @@ def cmd_prune(args) -> dict:
     if long_recovery is not None:  # the cut the long recovery made: its own calibration text
         from ..recover import long
 
-        calib = long.texts(tokenizer, args.model, long.LONG)["train"][:16]
+        calib = long.texts(tokenizer, args.model, long.LONG)["train"][:long.LONG.n_score]
     pruned = copy.deepcopy(model)  # the dense model stays, for the side-by-side timing
     started = time.perf_counter()
     handle = prune_with(pruned, method, sparsity, pattern, calib, score)
@@ -128,7 +128,7 @@ def _is_long_cut(args, method, score, sparsity, pattern) -> bool:
     """Whether this prune is the cut ``make recover`` builds the long recovery of."""
     from ..recover import long
 
-    return (method == "mlp" and score == "activation" and pattern is None and args.model == "smollm2-135m"
+    return (method == "mlp" and score == long.LONG.score and pattern is None and args.model == "smollm2-135m"
             and abs(sparsity - long.LONG.fraction) < 1e-9)
 
 
@@ -141,7 +141,8 @@ def _long_recovery(args, model, tokenizer, method, score, sparsity, pattern, rec
     if recover == "long":
         if not _is_long_cut(args, method, score, sparsity, pattern):
             raise ValueError(f"--recover long is the long recovery of one cut: smollm2-135m, --method mlp "
-                             f"--sparsity {long.LONG.fraction} with the activation score (make recover builds it); "
+                             f"--sparsity {long.LONG.fraction} with the {long.LONG.score} score "
+                             "(make recover builds it); "
                              f"this is {args.model} --method {method} --sparsity {sparsity:g}. Use --recover distil "
                              "--steps N for another cut.")
         import contextlib

@@ -18,9 +18,9 @@ CALIBRATED = ("wanda", "sparsegpt", "layers")  # these read calibration text
 
 # the scores that choose which heads / neurons / layers a structured method removes; the first is the default
 SCORES = {"heads": ("contribution", "ablation", "weight-norm"),
-          "mlp": ("activation", "weight-norm"),
+          "mlp": ("contribution", "activation", "weight-norm"),
           "layers": ("block-influence",)}
-SCORE_MEANING = {"contribution": "each head's measured share of the layer output on calibration text",
+SCORE_MEANING = {"contribution": "each head's or neuron's measured share of the layer output on calibration text",
                  "ablation": "perplexity increase with the head zeroed, one evaluation per head (slow)",
                  "activation": "each neuron's mean |activation| on calibration text",
                  "block-influence": "how much each layer turns the hidden state on calibration text",

@@ -116,6 +116,11 @@ class PairedRatio:
             return "not distinguishable at this size: no amount of text in reach would separate them"
         return f"not distinguishable at this size: about {math.ceil(self.more_text)}x more text would decide it"
 
+    def record(self) -> dict:
+        """The ratio, its interval, the verdict and the sentence, rounded for a JSON record."""
+        return {"ratio": round(self.ratio, 4), "low": round(self.low, 4), "high": round(self.high, 4),
+                "verdict": self.verdict, "text": str(self)}
+
     def __str__(self) -> str:
         text = (f"{self.other:.2f} vs {self.base:.2f}: ratio {_fmt(self.ratio)} "
                 f"({self.interval()}, {self.blocks} blocks of {BLOCK} tokens)")

@@ -133,13 +133,12 @@ def neuron_importance_weight_norm(model: nn.Module) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
-                                 batch_size: int = 4) -> list[torch.Tensor]:
-    """Per layer, the mean |activation| of each hidden unit over the calibration windows.
+def _hidden_means(model: nn.Module, windows, batch_size: int, statistic) -> list[torch.Tensor]:
+    """Per layer, the mean over the windows' tokens of ``statistic(h)`` for each hidden unit.
 
-    A forward pre-hook on the down projection sees exactly the hidden units
-    ``h`` it reads (after the activation and, for Llama, the gate product).
-    Multiply by ``W_down``'s column norms for a Wanda-like score.
+    A forward pre-hook on the down projection sees exactly the hidden units ``h`` it
+    reads (after the activation and, for Llama, the gate product); ``statistic`` maps
+    (tokens, units) to one sum per unit.
     """
     windows = data.windows_tensor(windows)
     layers = arch.decoder_layers(model)
@@ -147,14 +146,48 @@ def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
 
     def make_hook(i):
         def hook(module, args):
-            h = args[0].detach().float().abs()
-            total = h.reshape(-1, h.shape[-1]).sum(dim=0)
+            h = args[0].detach()
+            total = statistic(h.reshape(-1, h.shape[-1]))
             sums[i] = total if sums[i] is None else sums[i] + total
         return hook
 
     tokens = arch.forward_windows(model, windows, batch_size, pre_hooks={
         _down(model, arch.mlp(block)): make_hook(i) for i, block in enumerate(layers)})
     return [(s / tokens).cpu() for s in sums]
+
+
+def neuron_importance_activation(model: nn.Module, windows: torch.Tensor,
+                                 batch_size: int = 4) -> list[torch.Tensor]:
+    """Per layer, the mean |activation| of each hidden unit over the calibration windows.
+
+    Blind to what the neuron writes: a neuron that fires often through a small
+    down-projection column counts as much as one that writes a large vector.
+    ``neuron_importance_contribution`` weighs the two together.
+    """
+    return _hidden_means(model, windows, batch_size, lambda h: h.float().abs().sum(dim=0))
+
+
+@torch.no_grad()
+def neuron_importance_contribution(model: nn.Module, windows: torch.Tensor,
+                                   batch_size: int = 4) -> list[torch.Tensor]:
+    """Per layer, the size of what each neuron adds to the layer output, measured on the windows.
+
+    Neuron j writes ``W_down[:, j] * h_j`` into the residual stream; removing it takes
+    that vector away at every token. Its root mean square over the calibration tokens is
+
+        sqrt(mean_t ||W_down[:, j] h_j(t)||^2) = ||W_down[:, j]|| * sqrt(mean_t h_j(t)^2),
+
+    the column norm times the RMS activation: the neuron's measured contribution, as a
+    head's is measured in ``heads.head_importance_contribution``. Measured on SmolLM2
+    (25% of every layer's neurons, 64 windows of prose and code, no recovery):
+    perplexity 17.91 on the protocol prose and 11.38 on held-out code, against 19.04 and
+    12.14 by mean |activation| and 20.24 / 12.31 by mean |activation| x column norm
+    (``bench/recovery.md``). The mean square weighs the rare large activations that a
+    mean |h| averages away.
+    """
+    squared = _hidden_means(model, windows, batch_size, lambda h: h.double().pow(2).sum(dim=0))
+    return [(arch.weight_matrix(_down(model, arch.mlp(block))).double().norm(dim=0).cpu() * sq.sqrt()).float()
+            for block, sq in zip(arch.decoder_layers(model), squared)]
 
 
 def least_important_neurons(scores, fraction: float, per_layer: bool = True) -> dict[int, list[int]]:

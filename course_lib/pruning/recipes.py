@@ -4,9 +4,10 @@ The command line, the benchmark and the lessons share these, so "MLP 25%" means
 the same cut everywhere: the same share of each layer, chosen by the same score.
 
 Which units a structured method removes is decided by a score (``SCORES``). The
-default is the data-aware one the lessons teach: a neuron's mean |activation| on
-calibration text, a head's measured contribution to the residual stream, a layer's
-block influence. The free weight-norm score stays available by name, but it is
+default is data-aware: a neuron's or a head's measured contribution to the layer output
+on calibration text (for a neuron, its down-projection column norm times its RMS
+activation: lesson 4 teaches the mean |activation|, which the contribution beats on
+SmolLM2, ``pruning.mlp``), a layer's block influence. The free weight-norm score stays available by name, but it is
 never chosen silently: lesson 4 shows it ruining SmolLM2 (25% of the MLP neurons:
 perplexity 21.82 by activation, 1,520,526 by weight norm).
 """
@@ -22,8 +23,8 @@ from .heads import (head_importance_ablation, head_importance_contribution, head
                     least_important_groups, least_important_heads, remove_heads)
 from .layers import block_influence, layers_for_fraction, least_important_layers, remove_layers
 from .masks import check_sparsity, magnitude_prune
-from .mlp import (least_important_neurons, neuron_importance_activation, neuron_importance_weight_norm,
-                  remove_neurons)
+from .mlp import (least_important_neurons, neuron_importance_activation, neuron_importance_contribution,
+                  neuron_importance_weight_norm, remove_neurons)
 from .sparsegpt import sparsegpt_prune
 from .undo import PruneHandle
 from .wanda import wanda_prune
@@ -45,7 +46,8 @@ def importance(model: nn.Module, method: str, score: str | None = None, calib: t
                          "(scores=... from head_importance_weight_norm / neuron_importance_weight_norm; "
                          "lesson 4 shows what it can cost).")
     if score == "contribution":
-        return head_importance_contribution(model, calib)
+        return (head_importance_contribution(model, calib) if method == "heads"
+                else neuron_importance_contribution(model, calib))
     if score == "ablation":
         return head_importance_ablation(model, calib)
     if score == "activation":
@@ -89,8 +91,8 @@ def heads_request(model: nn.Module, fraction: float, scores=None, calib=None) ->
 def neurons_request(model: nn.Module, fraction: float, scores=None, calib=None) -> dict[int, list[int]]:
     """The least important MLP neurons, ``fraction`` of every layer.
 
-    ``scores``: per-layer importances; by default each neuron's mean |activation| on
-    ``calib`` (``neuron_importance_activation``; ``importance`` names the others).
+    ``scores``: per-layer importances; by default each neuron's measured contribution on
+    ``calib`` (``neuron_importance_contribution``; ``importance`` names the others).
     """
     fraction = check_sparsity(fraction)
     scores = importance(model, "mlp", calib=calib) if scores is None else scores

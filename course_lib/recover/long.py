@@ -5,9 +5,11 @@ SmolLM2 with 25% of its MLP neurons removed goes from 17.35 to 15.70 (1.21x dens
 ``bench/recovery.md``). Getting closer to dense takes more text, and the question a
 practitioner asks is *how much more*. This module answers it with one run, kept:
 
-1. the cut: ``fraction`` of every layer's MLP neurons, chosen by activation on the
-   training text (lesson 4's data-aware score; the same count per layer, so the result
-   is a standard checkpoint that opens with ``from_pretrained``);
+1. the cut: ``fraction`` of every layer's MLP neurons, chosen by their measured
+   contribution on ``n_score`` windows of the training text (``pruning.mlp``'s
+   ``neuron_importance_contribution``: down-projection column norm x RMS activation; the
+   same count per layer, so the result is a standard checkpoint that opens with
+   ``from_pretrained``);
 2. the text: prose and code alternating (``data.mixed_windows``). A recovery that sees
    only prose learns prose: the refit fitted on prose *raised* the held-out code
    perplexity (12.30 -> 13.36 in ``bench/recovery.md``);
@@ -47,6 +49,7 @@ from torch import nn
 from ..core import data, metrics, models, stats
 from ..pruning import io, recipes
 from . import distil as D
+from . import recipes as RR
 from . import repair as R
 
 RECORD = "recovery.json"
@@ -57,6 +60,8 @@ class Plan:
     """Every setting of a long recovery (the cache key includes them all)."""
 
     fraction: float = 0.25  # of every layer's MLP neurons removed
+    score: str = "contribution"  # which neurons go (names.SCORES["mlp"])
+    n_score: int = 64  # training windows the score reads
     steps: int = 200  # distillation steps
     batch_size: int = 4  # windows per step
     lr: float = 2e-4  # peak learning rate (cosine schedule)
@@ -136,34 +141,18 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     record = {"model": name, "plan": asdict(plan), "tokens": plan.tokens, "dense": ppl(dense_quality)}
     log(f"dense: {record['dense']}")
     student = copy.deepcopy(dense)
-    recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:16])
+    recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:plan.n_score], score=plan.score)
     record["pruned"] = ppl(quality(student))
-    log(f"pruned {plan.fraction:.0%} of every layer's MLP neurons: {record['pruned']}")
-
-    valid_before = metrics.perplexity(student, windows["valid"])
-    handle = R.refit(student, dense, windows["train"][:32])
-    valid_after = metrics.perplexity(student, windows["valid"])
-    kept = valid_after < valid_before
-    if not kept:
-        handle.restore()
-    record["refit"] = {"kept": kept, "valid_before": round(valid_before, 3), "valid_after": round(valid_after, 3)}
-    log(f"refit {'kept' if kept else 'undone'} (validation {valid_before:.2f} -> {valid_after:.2f})")
-
-    every = max(1, plan.steps // plan.curve_points)  # the curve's step 0 is the model after the refit
-    _, report = D.distil(student, dense, windows["train"], steps=plan.steps, lr=plan.lr,
-                         batch_size=plan.batch_size, eval_windows=windows["eval"],
-                         heldout_windows=windows["heldout"], eval_every=every, quiet=False,
-                         seed=plan.seed, schedule="cosine", warmup=plan.warmup)
+    log(f"pruned {plan.fraction:.0%} of every layer's MLP neurons by {plan.score}: {record['pruned']}")
+    info, report = recover_in_place(student, dense, windows, plan, curve=True, log=log)
+    record["refit"] = info["refit"]
     tokens_per_step = plan.batch_size * plan.seq_len
     record["curve"] = [{"step": row["step"], "tokens": row["step"] * tokens_per_step,
                         "eval": round(row["ppl_eval"], 3), "heldout": round(row["ppl_heldout"], 3),
                         "seconds": row["seconds"]} for row in report.history]
     record["recovered"] = {"eval": record["curve"][-1]["eval"], "heldout": record["curve"][-1]["heldout"]}
-    record["paired"] = {}  # recovered vs dense on the same tokens: the ratio with its 95% interval
-    for kind, q in quality(student).items():
-        vs = q.vs(dense_quality[kind])
-        record["paired"][kind] = {"ratio": round(vs.ratio, 4), "low": round(vs.low, 4), "high": round(vs.high, 4),
-                                  "text": str(vs)}
+    # recovered vs dense on the same tokens: the ratio with its 95% interval
+    record["paired"] = {kind: q.vs(dense_quality[kind]).record() for kind, q in quality(student).items()}
     record["distil_seconds"] = round(report.seconds, 1)
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["parameters"] = {"dense": metrics.parameter_count(dense), "recovered": metrics.parameter_count(student)}
@@ -176,6 +165,35 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     if keep:
         save(student, record, folder_for(dense, plan))
     return student, record
+
+
+def recover_in_place(student: nn.Module, dense: nn.Module, windows: dict, plan: Plan, curve: bool = False,
+                     log=print) -> tuple[dict, D.DistilReport]:
+    """The recipe on ``student``, in place: the refit if it lowers the validation perplexity,
+    then ``plan.steps`` steps of distillation on ``windows["train"]`` (cosine, warmed up).
+
+    ``windows``: from ``texts``. The refit is tried only where it applies (a cut that
+    narrowed projections; a depth cut has none). ``curve``: measure the protocol and
+    held-out perplexities every ``plan.steps // plan.curve_points`` steps (the report's
+    history; its step 0 is the model after the refit). Returns ``({"refit": ...,
+    "distil_seconds": ...}, report)``; ``bench/pareto.py`` recovers every cut with it.
+    """
+    info = {"refit": None}
+    if RR.can_refit(student, dense) and R.changed_projections(student, dense):
+        before = metrics.perplexity(student, windows["valid"])
+        handle = R.refit(student, dense, windows["train"][:32])
+        after = metrics.perplexity(student, windows["valid"])
+        if not after < before:
+            handle.restore()
+        info["refit"] = {"kept": after < before, "valid_before": round(before, 3), "valid_after": round(after, 3)}
+        log(f"refit {'kept' if after < before else 'undone'} (validation {before:.2f} -> {after:.2f})")
+    extra = ({"eval_windows": windows["eval"], "heldout_windows": windows["heldout"],
+              "eval_every": max(1, plan.steps // plan.curve_points)} if curve else {})
+    _, report = D.distil(student, dense, windows["train"], steps=plan.steps, lr=plan.lr,
+                         batch_size=plan.batch_size, quiet=not curve, seed=plan.seed, schedule="cosine",
+                         warmup=plan.warmup, **extra)
+    info["distil_seconds"] = round(report.seconds, 1)
+    return info, report
 
 
 def save(model: nn.Module, record: dict, folder: Path) -> Path:

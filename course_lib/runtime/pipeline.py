@@ -19,7 +19,7 @@ run*, so the ratios are paired, not copied from another day:
 
 The stages themselves come from the course's own modules: the structured prune is
 lesson 4's by default (the same fraction of MLP neurons from every layer, chosen per
-layer by activation on calibration text: a uniform cut, so the result is a standard
+layer by their measured contribution on calibration text: a uniform cut, so the result is a standard
 checkpoint; ``heads`` and ``layers`` cut heads or whole layers instead, by their own
 data-aware scores, ``recipes.SCORES``), the recovery is ``recover.repair.refit`` (the
 projections whose input narrowed, refitted layer by layer to the dense outputs), the PyTorch int8 stage is
