@@ -25,7 +25,6 @@ run it on a quiet machine (the timings).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import subprocess
 import time

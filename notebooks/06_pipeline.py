@@ -206,8 +206,8 @@ run.claim("after 200 steps, prose is decidedly within 1.10x dense, while code st
 # as the training: this run removes the neurons of smallest measured contribution (lesson
 # 4's sharper score); chosen by mean |activation|, the same recipe ended at 1.09x dense on
 # prose and 1.28x on code, and 1.12x / 1.32x with more code in its text. What is left to
-# try for code: another learning rate, a smaller cut, or a recovery that refits more than
-# the down projection. <!-- quoted: bench/recovery.md, earlier builds of make recover -->
+# try for code (a higher peak learning rate did worse in short trials): a smaller cut, a
+# score calibrated on more code, or a recovery that refits more than the down projection. <!-- quoted: bench/recovery.md, earlier builds of make recover -->
 
 # %% [markdown]
 # ## Stage 3 — int8 in PyTorch: why the naive way breaks this model

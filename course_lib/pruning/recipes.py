@@ -6,10 +6,10 @@ the same cut everywhere: the same share of each layer, chosen by the same score.
 Which units a structured method removes is decided by a score (``SCORES``). The
 default is data-aware: a neuron's or a head's measured contribution to the layer output
 on calibration text (for a neuron, its down-projection column norm times its RMS
-activation: lesson 4 teaches the mean |activation|, which the contribution beats on
-SmolLM2, ``pruning.mlp``), a layer's block influence. The free weight-norm score stays available by name, but it is
-never chosen silently: lesson 4 shows it ruining SmolLM2 (25% of the MLP neurons:
-perplexity 21.82 by activation, 1,520,526 by weight norm).
+activation; lesson 4 teaches the mean |activation|, which the contribution beats on
+SmolLM2, see ``pruning.mlp``), a layer's block influence. The free weight-norm score
+stays available by name, but it is never chosen silently: lesson 4 shows it ruining
+SmolLM2 (25% of the MLP neurons: perplexity 21.82 by activation, 1,520,526 by weight norm).
 """
 from __future__ import annotations
 
