@@ -315,3 +315,28 @@ def test_property_magnitude_prune_on_a_model(name, sparsity, scope, pattern):
     finally:
         handle.restore()
     assert all(torch.equal(arch.weight_matrix(mod), before[k]) for k, mod in modules.items())
+
+
+@pytest.mark.parametrize("kind", ["normal", "squares", "ties", "sorted", "half zeros"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_smallest_of_a_long_vector_is_the_full_selections(kind, dtype):
+    """The sampled band (``_kth_in_band``) gives exactly the value a selection over all gives."""
+    import numpy as np
+    g = torch.Generator().manual_seed(len(kind))
+    for n in (masks_.BAND_MIN, 100_003):
+        x = torch.randn(n, generator=g, dtype=dtype)
+        x = {"squares": x.pow(2), "ties": x.round(), "sorted": x.sort().values,
+             "half zeros": x.masked_fill(torch.arange(n) < n // 2, 0)}.get(kind, x)
+        for k in (1, 2, n // 3, n // 2, n // 2 + 1, n - 1, n):
+            assert masks_.kth_smallest(x, k).item() == np.partition(x.numpy(), k - 1)[k - 1].item()
+            assert masks_.kth_smallest(x, k).shape == (1,)
+
+
+def test_kth_smallest_falls_back_when_the_sample_misleads():
+    """Every sampled value is huge: the band cannot hold the k-th, and the full selection answers."""
+    n = 2 ** 16
+    x = torch.arange(n, dtype=torch.float64)
+    x[::32] = 1e9
+    k = n // 2
+    assert masks_._kth_in_band(x, k) is None
+    assert masks_.kth_smallest(x, k).item() == torch.sort(x).values[k - 1].item()

@@ -163,10 +163,13 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     # float64 throughout: H's condition number reaches ~100 x in_features after dampening, so
     # float32 rounding (which differs between CPUs) would move U, and with it which weights
     # each block prunes; in float64 the same inputs give the same masks on every machine.
-    H = H.detach().double().clone()
-    Wt = W.detach().double().t().clone()  # (in, out): input column i is the contiguous row Wt[i]
+    H = H.detach().double()  # not modified below unless some input is dead (then a copy is)
+    Wt = W.detach().double().t().contiguous()  # (in, out) row-major: input column i is the row Wt[i]
+    # (contiguous: a clone would keep the transpose's strides, and every column step would stride)
     dead = H.diagonal() == 0             # inputs that were always zero: their weights do nothing
-    H[dead, dead] = 1
+    if dead.any():
+        H = H.clone()
+        H[dead, dead] = 1
     Wt[dead] = 0
     U = inverse_cholesky(H, percdamp, name)
     d = U.diagonal().unsqueeze(1)        # U_ii, as a column: (in, 1)
@@ -181,18 +184,18 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     for o1 in range(0, cols, group):
         o2 = min(o1 + group, cols)
         checkpoint()  # a live explorer may stop here (a pure function: nothing to undo)
-        if pattern is None:
-            # adaptive mask selection: lowest w^2 / U_ii^2 of the block's columns, per matrix
-            score = Wt[o1:o2].pow(2) / d[o1:o2].pow(2)
-            for a, b in zip(bounds[:-1], bounds[1:]):
-                prune[o1:o2, a:b] = ~topk_mask(score[:, a:b], sparsity, "matrix")
-        scale = prune[o1:o2] / d[o1:o2]  # err = w * scale: w / U_ii where pruned, 0 where kept
-        for i1 in range(o1, o2, update_block):
-            i2 = min(i1 + update_block, o2)
-            Ub, Wb, Pb, db = U[i1:i2, i1:i2], Wt[i1:i2], prune[i1:i2], d[i1:i2]  # views into U, Wt...
-            sb, err = scale[i1 - o1:i2 - o1], errors[i1 - o1:i2 - o1]
-            w_rows, s_rows, e_rows, u_rows = Wb.unbind(), sb.unbind(), err.unbind(), Ub.unbind()
-            with one_thread():  # elementwise work on a few rows: two threads only wait on each other
+        with one_thread():  # the block's own work: small operations two threads only wait on
+            if pattern is None:
+                # adaptive mask selection: lowest w^2 / U_ii^2 of the block's columns, per matrix
+                score = Wt[o1:o2].pow(2) / d[o1:o2].pow(2)
+                for a, b in zip(bounds[:-1], bounds[1:]):
+                    prune[o1:o2, a:b] = ~topk_mask(score[:, a:b], sparsity, "matrix")
+            scale = prune[o1:o2] / d[o1:o2]  # err = w * scale: w / U_ii where pruned, 0 where kept
+            for i1 in range(o1, o2, update_block):
+                i2 = min(i1 + update_block, o2)
+                Ub, Wb, Pb, db = U[i1:i2, i1:i2], Wt[i1:i2], prune[i1:i2], d[i1:i2]  # views into U, Wt...
+                sb, err = scale[i1 - o1:i2 - o1], errors[i1 - o1:i2 - o1]
+                w_rows, s_rows, e_rows, u_rows = Wb.unbind(), sb.unbind(), err.unbind(), Ub.unbind()
                 for i in range(i2 - i1):
                     if pattern is not None and i % pattern[1] == 0:  # N:M: choose in the next M columns
                         n, m = pattern
@@ -203,7 +206,7 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
                     # OBS update of this block's later columns: W[:, j] -= err * U[i, j] for j > i
                     # (column i itself would land on 0 where pruned, which the final fill does)
                     Wb[i + 1:].addr_(u_rows[i][i + 1:], e_rows[i], alpha=-1)
-            Wt[i2:o2].addmm_(U[i1:i2, i2:o2].t(), err, alpha=-1)  # the rest of the block
+                Wt[i2:o2].addmm_(U[i1:i2, i2:o2].t(), err, alpha=-1)  # the rest of the block
         Wt[o2:].addmm_(U[o1:o2, o2:].t(), errors[:o2 - o1], alpha=-1)  # everything right of it
     Wt.masked_fill_(prune, 0.0)  # exact zeros (the updates leave ~1e-9 residues on pruned weights)
     prune[dead] = True  # zero weights on dead inputs: pruned, whatever the selection said
@@ -214,10 +217,13 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
 def one_thread():
     """Inside the block, this thread's torch operations run on one thread (its count is restored).
 
-    For the column loop's small elementwise operations: each element is computed alone, so
-    the result is the same bit for bit, and with two threads each operation spends longer
-    waking the second one than computing (measured: 2-3x slower with idle threads asleep,
-    as the presenter runs them). Thread-local: another thread's products keep their count.
+    For a block's own work in the column loop: its mask selection, the elementwise column
+    steps and the small products that carry a few columns' errors through the block. With
+    two threads each of these spends longer waking the second one than computing (measured:
+    2-3x slower with idle threads asleep, as the presenter runs them). Elementwise results
+    do not depend on the thread count, and the small products' did not either (checked bit
+    for bit on SmolLM2's layers); only the factorisation's do, and it keeps every thread, as
+    does the large product right of each block. Thread-local: another thread keeps its count.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -271,7 +277,7 @@ def sparsegpt_prune(model: nn.Module, calib_windows: torch.Tensor, sparsity: flo
             # Matrices reading the same input share H: stack them and run the column loop once.
             xtx, n = group.stat
             weights = [arch.weight_matrix(m) for m in group.modules]
-            stacks.append((torch.cat(weights), 2 * xtx / n, [w.shape[0] for w in weights],
+            stacks.append((torch.cat(weights), xtx.mul_(2).div_(n), [w.shape[0] for w in weights],
                            " / ".join(full_name[id(m)] for m in group.modules)))
         results = side_by_side(lambda W, H, segments, name: sparsegpt_layer(
             W, H, sparsity, pattern, blocksize, percdamp, segments, name=name), stacks, workers)
