@@ -84,7 +84,7 @@ execute: $(STAMP)
 
 # The long recovery: SmolLM2 with 25% of every layer's MLP neurons removed, refitted, then 200
 # steps of distillation on prose and code (course_lib/recover/long.py). Built once per machine
-# into the cache (keyed by the weights and every setting), with its cost curve in
+# into the cache (keyed by the weights, every setting and the recipe's code), with its cost curve in
 # bench/recovery_curve.json; bench/recovery.py renders it into bench/recovery.md.
 recover: $(STAMP)
 	$(PY) -m course_lib info smollm2-135m >/dev/null

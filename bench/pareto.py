@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from course_lib.core import arch, metrics, models, stats, timing
+from course_lib.core import arch, metrics, models, provenance, stats, timing
 from course_lib.pruning import budget
 from course_lib.recover import long
 from course_lib.runtime import speed
-from course_lib.teaching.lesson import machine
 
 MODEL = "smollm2-135m"
 
@@ -45,17 +43,6 @@ MODEL = "smollm2-135m"
 def speedup_dict(s: timing.Speedup, ideal: float) -> dict:
     return {"median": round(s.median, 3), "low": round(s.low, 3), "high": round(s.high, 3), "runs": s.runs,
             "verdict": s.verdict, "ideal": round(ideal, 3), "plausible": speed.plausible(s.median, ideal)}
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-        return head + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> None:
@@ -140,11 +127,8 @@ def main() -> None:
                      "decode": {label: [round(t, 3) for t in m.times_ms] for label, m in dec.items()}},
         "timing": f"prefill 1 x 128 tokens, decode per token after a 64-token prompt (16 tokens); "
                   f"{args.runs} paired runs, interleaved; speedup = median of the paired ratios (IQR)",
-        "provenance": {"command": f"python bench/pareto.py --layers {args.layers} --steps {args.steps} "
-                                  f"--runs {args.runs}",
-                       "commit": commit(), "machine": machine(), "threads": torch.get_num_threads(),
-                       "torch": torch.__version__, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                       "seconds": round(time.perf_counter() - started)},
+        "provenance": provenance.record(f"python bench/pareto.py --layers {args.layers} --steps {args.steps} "
+                                        f"--runs {args.runs}", time.perf_counter() - started),
     }
     out = Path(args.out)
     (out / "pareto.json").write_text(json.dumps(record, indent=1) + "\n")

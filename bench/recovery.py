@@ -183,7 +183,9 @@ def curve_section(record: dict, out: Path) -> str:
         f"- Distillation: KL(dense || student), AdamW, {plan['steps']} steps of {plan['batch_size']} windows "
         f"({record['tokens']:,} tokens), peak lr {plan['lr']:g}, {plan['warmup']} warm-up steps, cosine to a "
         f"tenth; {record['distil_seconds'] / 60:.0f} min of the {record['seconds'] / 60:.0f} min wall time.",
-        f"- Machine: {record['machine']}; built {record['built']}; cache key `{record['key']}`.",
+        f"- Built by `{record['provenance']['command']}` at commit {record['provenance']['commit']} on "
+        f"{record['provenance']['machine']} ({record['provenance']['threads']} torch threads, torch "
+        f"{record['provenance']['torch']}), {record['provenance']['measured']}; cache key `{record['key']}`.",
         "- The curve's points are one run's checkpoints under the schedule of the whole run (the "
         "learning rate is not yet annealed at the middle points: a shorter run would end a little lower).",
         "",

@@ -172,3 +172,27 @@ def test_own_memory_copies_the_mapped_weights_once_and_keeps_ties(tmp_path):
     pointers = [p.data_ptr() for p in model.parameters()]
     models.own_memory(model)
     assert [p.data_ptr() for p in model.parameters()] == pointers
+
+
+def test_hash_code_follows_what_the_code_does_not_its_docstrings(tmp_path, monkeypatch):
+    """A cache key over code: reworded docstrings and comments keep it, a changed line moves it."""
+    import hashlib
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = '"""Module doc."""\n\ndef f(x):\n    """Doubles."""\n    return 2 * x  # twice\n'
+    variants = {"same": base,
+                "reworded": '"""Another module doc,\non two lines."""\n\ndef f(x):\n    """Twice x."""\n'
+                            '    # a comment\n    return 2 * x\n',
+                "changed": base.replace("2 * x", "3 * x"),
+                "no docstring": base.replace('    """Doubles."""\n', "")}
+    keys = {}
+    for i, (label, source) in enumerate(variants.items()):
+        (tmp_path / f"keyed_{i}.py").write_text(source)
+        module = importlib.import_module(f"keyed_{i}")
+        module.__name__ = "keyed"  # the same module name, edited
+        digest = hashlib.sha256()
+        models.hash_code(digest, module)
+        keys[label] = digest.hexdigest()
+    assert keys["reworded"] == keys["same"] == keys["no docstring"]
+    assert keys["changed"] != keys["same"]

@@ -72,8 +72,9 @@ def cmd_prune(args) -> dict:
         pruned.course_name = model.course_name  # loaded from the cache's folder: --save names its base model
         steps = record["plan"]["steps"]
         source = (f"the long recovery (make recover), cached: {steps} steps x {record['plan']['batch_size']} x "
-                  f"{record['plan']['seq_len']} tokens of prose and code, built {record['built']} "
-                  f"({record['machine']}) in {record['seconds']:.0f} s")
+                  f"{record['plan']['seq_len']} tokens of prose and code, built "
+                  f"{record['provenance']['measured']} ({record['provenance']['machine']}) in "
+                  f"{record['seconds']:.0f} s")
     else:
         handles = recover_with(pruned, model, recover, calib, steps=steps,
                                quiet=not getattr(args, "progress", False))

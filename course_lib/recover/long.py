@@ -24,9 +24,9 @@ practitioner asks is *how much more*. This module answers it with one run, kept:
    cost curve, perplexity against distillation tokens.
 
 The result is kept in ``$COURSE_CACHE/recovered/<key>/`` (``save_pretrained``'s files plus
-``recovery.json``: the plan, the curve, the time, the machine), under a key of the dense
-weights and every setting of the plan: the same dense model and plan load what was built,
-anything else builds anew. ``make recover`` builds ``LONG``; ``SHORT`` (``--short``) is
+``recovery.json``: the plan, the curve, and its ``provenance``: command, commit, machine,
+time), under a key of the dense weights, every setting of the plan and what the recipe's
+code does: the same dense model and plan load what was built, anything else builds anew. ``make recover`` builds ``LONG``; ``SHORT`` (``--short``) is
 the same recipe in a few minutes, to check the path end to end. No lesson loads the result
 yet: a cell whose output depends on what a machine has cached would not replay.
 
@@ -38,7 +38,6 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,8 +45,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core import data, metrics, models, stats
-from ..pruning import io, recipes
+from ..core import data, metrics, models, provenance, stats
+from ..pruning import io, mlp, recipes
 from . import distil as D
 from . import recipes as RR
 from . import repair as R
@@ -86,11 +85,15 @@ SHORT = replace(LONG, steps=16, warmup=2, n_prose=16, n_code=16, curve_points=2)
 
 
 def key(dense: nn.Module, plan: Plan) -> str:
-    """The cache name: the dense weights, the plan, and the versions that decide the numbers."""
+    """The cache name: the dense weights, the plan, and the code and versions that decide the numbers.
+
+    The code is keyed by what it does (``models.hash_code``): the recipe's steps here
+    (``texts``, ``cut``, ``recover_in_place``), the cut and its scores (``pruning.recipes``,
+    ``pruning.mlp``), the refit, the distillation and the texts' modules; a docstring,
+    a comment or how the record is written does not orphan the build.
+    """
     digest = hashlib.sha256(repr(plan).encode())
-    for module in (D, R, recipes, data):  # the recovery's own code and its texts
-        digest.update(Path(module.__file__).read_bytes())
-    digest.update(Path(__file__).read_bytes())  # this recipe
+    models.hash_code(digest, texts, cut, recover_in_place, D, R, RR, recipes, mlp, data)
     digest.update(f"torch={torch.__version__}".encode())
     models.hash_weights(dense, digest)
     return digest.hexdigest()[:16]
@@ -141,7 +144,7 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     record = {"model": name, "plan": asdict(plan), "tokens": plan.tokens, "dense": ppl(dense_quality)}
     log(f"dense: {record['dense']}")
     student = copy.deepcopy(dense)
-    recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:plan.n_score], score=plan.score)
+    cut(student, windows, plan)
     record["pruned"] = ppl(quality(student))
     log(f"pruned {plan.fraction:.0%} of every layer's MLP neurons by {plan.score}: {record['pruned']}")
     info, report = recover_in_place(student, dense, windows, plan, curve=True, log=log)
@@ -156,15 +159,20 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     record["distil_seconds"] = round(report.seconds, 1)
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["parameters"] = {"dense": metrics.parameter_count(dense), "recovered": metrics.parameter_count(student)}
-    record["machine"] = (f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
-                         f"threads, torch {torch.__version__}")
-    record["built"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     record["key"] = key(dense, plan)
+    record["provenance"] = provenance.record(f"python -m course_lib.recover.long {name}"
+                                             + (" --short" if plan == SHORT else ""), record["seconds"])
     log(f"recovered: {record['recovered']}; vs dense: {record['paired']['eval']['text']} (prose), "
         f"{record['paired']['heldout']['text']} (code); {record['seconds']:.0f} s")
     if keep:
         save(student, record, folder_for(dense, plan))
     return student, record
+
+
+def cut(student: nn.Module, windows: dict, plan: Plan) -> None:
+    """The plan's cut, in place: ``plan.fraction`` of every layer's MLP neurons, by ``plan.score``
+    on the first ``plan.n_score`` training windows."""
+    recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:plan.n_score], score=plan.score)
 
 
 def recover_in_place(student: nn.Module, dense: nn.Module, windows: dict, plan: Plan, curve: bool = False,
@@ -208,7 +216,8 @@ def load_or_build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log
     """The cached recovery when there is one, else one built now (and kept)."""
     found = load(dense, plan)
     if found is not None:
-        log(f"loaded the recovery built {found[1]['built']} ({found[1]['machine']}) from the cache")
+        log(f"loaded the recovery built {found[1]['provenance']['measured']} "
+            f"({found[1]['provenance']['machine']}) from the cache")
         return found
     return build(dense, tokenizer, name, plan, log=log)
 

@@ -135,9 +135,9 @@ def fingerprint(model: nn.Module) -> str:
 
     Every byte of every tensor of the state dict (with its name, dtype and shape; a
     tied tensor is hashed once and its second name recorded as an alias), the model's
-    class and config, and the exporter: the source of ``runtime.export`` (its settings:
-    opset, traced attention, dynamic axes) and the versions of torch, transformers,
-    onnx and onnxscript. Two models that differ anywhere, even in one bit of one
+    class and config, and the exporter: what the code of ``runtime.export`` does
+    (``models.hash_code``; its settings: opset, traced attention, dynamic axes) and the
+    versions of torch, transformers, onnx and onnxscript. Two models that differ anywhere, even in one bit of one
     weight, never share a cached file; hashing ~0.5 GB takes about a second, a small
     part of an export.
     """
@@ -146,7 +146,7 @@ def fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     digest.update(type(model).__name__.encode())
     digest.update(model.config.to_json_string(use_diff=False).encode())
-    digest.update(Path(export.__file__).read_bytes())
+    models.hash_code(digest, export)
     for package in ("torch", "transformers", "onnx", "onnxscript"):
         try:
             digest.update(f"{package}={importlib.metadata.version(package)}".encode())

@@ -8,7 +8,6 @@ model, cut the windows, and say what is running where.
 from __future__ import annotations
 
 import copy
-import platform
 from dataclasses import dataclass
 from typing import Callable
 
@@ -137,14 +136,3 @@ def start(model_name: str = "smollm2-135m", device: str | None = None, seq_len: 
           f"calibration {n_calib} x {seq_len} from the start (disjoint)")
     return Lesson(model_name, model, tokenizer, windows, device, threads, source)
 
-
-def machine() -> str:
-    """One line naming the processor, for benchmark reports."""
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{name}{gpu}"

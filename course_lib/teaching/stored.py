@@ -27,11 +27,8 @@ def load(name: str) -> dict:
 
 
 def provenance(record: dict) -> str:
-    """One line: what was run, from which commit, where, when, and how long it took.
-    (The long recovery's record, ``recovery_curve.json``, names its build and cache key.)"""
-    if "provenance" not in record:
-        return (f"built by `make recover` (course_lib/recover/long.py, cache key {record['key']}) on "
-                f"{record['machine']}, {record['built']}, in {record['seconds'] / 60:.0f} min")
+    """One line: what was run, from which commit, where, when, and how long it took
+    (``core.provenance.record`` wrote it)."""
     p = record["provenance"]
     return (f"measured by `{p['command']}` at commit {p['commit']} on {p['machine']} "
             f"({p['threads']} threads, torch {p['torch'].split('+')[0]}), {p['measured']}, "
