@@ -13,16 +13,21 @@ import time
 import torch
 
 
-def machine() -> str:
-    """One line naming the processor (and the GPU, if any), for benchmark reports."""
+def cpu() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     name = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    return name
+
+
+def machine() -> str:
+    """One line naming the processor (and the GPU, if any), for benchmark reports."""
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{name}{gpu}"
+    return f"{cpu()}{gpu}"
 
 
 def commit() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from ...core import arch, metrics, models
+from ...core import arch, metrics, models, provenance
 from ...pruning.heads import head_importance_contribution, remove_heads
 from ...pruning.masks import magnitude_prune
 from ...pruning.mlp import neuron_importance_activation, remove_neurons
@@ -48,15 +48,7 @@ QUICK = BenchConfig(tokens=32, runs=2, warmup=1, decode_tokens=2, decode_context
 
 def machine_info(threads: int) -> dict:
     """What the numbers were measured on: they mean nothing without it."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "logical_cores": os.cpu_count(), "threads": threads,
+    info = {"cpu": provenance.cpu(), "logical_cores": os.cpu_count(), "threads": threads,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(),
             "date": time.strftime("%Y-%m-%d %H:%M"),
