@@ -26,9 +26,11 @@ practitioner asks is *how much more*. This module answers it with one run, kept:
 The result is kept in ``$COURSE_CACHE/recovered/<key>/`` (``save_pretrained``'s files plus
 ``recovery.json``: the plan, the curve, and its ``provenance``: command, commit, machine,
 time), under a key of the dense weights, every setting of the plan and what the recipe's
-code does: the same dense model and plan load what was built, anything else builds anew. ``make recover`` builds ``LONG``; ``SHORT`` (``--short``) is
-the same recipe in a few minutes, to check the path end to end. No lesson loads the result
-yet: a cell whose output depends on what a machine has cached would not replay.
+code does: the same dense model and plan load what was built, anything else builds anew.
+``make recover`` builds ``LONG``; ``SHORT`` (``--short``) is the same recipe in a few
+minutes, to check the path end to end. No lesson loads the model built: a cell whose output
+depends on what a machine has cached would not replay (lesson 6 reads the stored record,
+``bench/recovery_curve.json``).
 
     python -m course_lib.recover.long [smollm2-135m] [--short] [--out bench]
 """
@@ -160,8 +162,10 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     record["seconds"] = round(time.perf_counter() - started, 1)
     record["parameters"] = {"dense": metrics.parameter_count(dense), "recovered": metrics.parameter_count(student)}
     record["key"] = key(dense, plan)
-    record["provenance"] = provenance.record(f"python -m course_lib.recover.long {name}"
-                                             + (" --short" if plan == SHORT else ""), record["seconds"])
+    command = {LONG: f"python -m course_lib.recover.long {name}",
+               SHORT: f"python -m course_lib.recover.long {name} --short"}.get(
+        plan, "course_lib.recover.long.build with the plan above")
+    record["provenance"] = provenance.record(command, record["seconds"])
     log(f"recovered: {record['recovered']}; vs dense: {record['paired']['eval']['text']} (prose), "
         f"{record['paired']['heldout']['text']} (code); {record['seconds']:.0f} s")
     if keep:
