@@ -438,6 +438,32 @@ def test_timing_stops_once_the_interval_clears_one_and_not_before(monkeypatch, c
     assert not shown[0].timed and shown[0].perplexity == p.perplexity  # the first number came first
 
 
+def test_a_speedup_beyond_its_ideal_is_re_measured_never_a_verdict(monkeypatch):
+    """Two-sided: zeros cannot make a dense kernel 2x faster (the FLOPs ratio is 1.0), so a
+    timing that says so runs its whole budget and is shown as an error, not as "faster"."""
+    from course_lib.runtime import speed
+
+    model, windows = tiny(seq_len=16, n_eval=1)
+    explorer = Explorer(model, windows, prune, latency_tokens=8, latency_runs=12, latency_seconds=600,
+                        ideal=speed.flops_ideal)
+    ScriptedClock([1.0] * 40, [0.5] * 40).install(monkeypatch)  # the pruned model "twice as fast"
+    explorer.background = False
+    explorer.slider.value = 0.5
+    p = explorer.cache[("magnitude", 0.5)]
+    assert p.ideal == 1.0 and p.interval_low == pytest.approx(2.0)
+    assert p.verdict == "beyond its ideal 1.00x: re-measure" and not p.decided
+    assert p.runs == 12  # not stopped at the first look that could decide: the whole budget
+    assert "beyond its ideal 1.00x" in p.timing_line()
+    # the same timing where the cut allows it (a FLOPs ratio of 2): a verdict, at the first look
+    explorer = Explorer(model, windows, prune, latency_tokens=8, latency_runs=12, latency_seconds=600,
+                        ideal=lambda dense, pruned: 2.0)
+    ScriptedClock([1.0] * 40, [0.5] * 40).install(monkeypatch)
+    explorer.background = False
+    explorer.slider.value = 0.5
+    p = explorer.cache[("magnitude", 0.5)]
+    assert p.verdict == "faster" and p.runs == stats.sequential_cuts(12).index(0) + 1
+
+
 def counting_explorer(**options):
     """An explorer on two windows, a third as the "other" text, whose prunes are counted."""
     model, windows = tiny(seq_len=16, n_eval=3)

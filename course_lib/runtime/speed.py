@@ -49,6 +49,11 @@ def ideal_speedup(dense_flops: Flops, pruned_flops: Flops) -> float:
     return dense_flops.total / pruned_flops.total
 
 
+def flops_ideal(dense: nn.Module, pruned: nn.Module) -> float:
+    """``ideal_speedup`` of two models, from the shapes of their weights (1.0 for zeros)."""
+    return ideal_speedup(metrics.flops_per_token(dense), metrics.flops_per_token(pruned))
+
+
 def _stores_sparse_weight(module: nn.Module) -> bool:
     """A module whose ``weight`` is a torch sparse tensor (CSR, BSR or COO)."""
     weight = getattr(module, "weight", None)

@@ -92,6 +92,7 @@ class Section:
     step: float
     prune: Callable  # (scores, model, method, amount) -> PruneHandle
     scores: str = ""  # the Scores its methods rank by, computed when the tab opens
+    flops_bound: bool = True  # a speedup beyond the FLOPs ratio is an error (not so for int8 kernels)
 
 
 def _head_request(scores, model, method, fraction, **kwargs):
@@ -180,7 +181,7 @@ SECTIONS = (
             "Projections switched to int8 weights and activations, one by one. Those with "
             "few activation outliers take it well; the outlier ones break the model.",
             ("fewest outliers first", "layer order"), "fraction int8", 1.0, 0.25, prune_quantized,
-            "outliers"),
+            "outliers", flops_bound=False),
 )
 
 
@@ -290,6 +291,7 @@ class Dashboard:
             raise ValueError(f"no lesson {key!r} on the dashboard; choose one of {list(self.sections)}.")
         with self._opening:  # a tab click and the background precompute may race here
             if key not in self.explorers:
+                from ..runtime import speed
                 from .widgets import Explorer, exclusive
 
                 s = self.sections[key]
@@ -308,7 +310,7 @@ class Dashboard:
                     methods=s.methods, amount_label=s.amount_label, amount_max=s.amount_max,
                     step=s.step, title=f"{s.key} {s.title}", cache_dir=self.cache_dir,
                     model_name=self.model_name, dense_model=self._dense, settings=self.settings,
-                    **self.latency)
+                    ideal=speed.flops_ideal if s.flops_bound else None, **self.latency)
                 self._tag(explorer)
                 self.explorers[key] = explorer
                 note = self.pages[key].children[0]

@@ -13,7 +13,12 @@ A new point answers at once, then sharpens while you watch:
    progress bar of the runs;
 3. the timing stops as soon as that interval clears 1 (a decided verdict: faster or
    slower), or when the run budget (``latency_runs``, ``latency_seconds``) ends: then
-   the verdict is "within noise", shown with its interval.
+   the verdict is "within noise", shown with its interval. Two-sided, with ``ideal=``
+   (e.g. ``speed.flops_ideal``, the FLOPs ratio: 1.0 for zeros, which a dense kernel
+   multiplies too): a speedup whose whole interval lies beyond the ideal times
+   ``speed.PLAUSIBLE_MARGIN`` is an error of the measurement, never a verdict; the
+   timing goes on to the end of its budget and, if it stays there, says so ("beyond
+   its ideal: re-measure").
 Moving the slider again stops the stale measurement at its next checkpoint
 (``core.cancel``): a prune half done undoes itself, the point's handle restores the
 weights bit for bit, and nothing of the stale point enters the cache.
@@ -68,6 +73,7 @@ from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from ..core import arch, metrics, models, stats, timing
 from ..core.cancel import Cancelled, checkpoint, checkpoints_inside, stop_when
+from ..runtime import speed
 
 SPEED_AXIS = (0.5, 1.5)  # the speed axis shows at least this range, so noise looks like noise
 DENSE_RUNS = 3  # the dense point times the dense model alone, for its latency label
@@ -190,6 +196,7 @@ class Point:
     interval_high: float = 1.0
     decidable: bool = False
     tokens: int = 0  # the prefill length timed
+    ideal: float = 0.0  # the most the speedup can be (the explorer's ``ideal``); 0: not checked
 
     @property
     def timed(self) -> bool:
@@ -202,6 +209,8 @@ class Point:
         if not self.timed:
             return "not timed yet"
         if self.decidable and self.interval_low > 1:
+            if self.ideal and self.interval_low > self.ideal * speed.PLAUSIBLE_MARGIN:
+                return f"beyond its ideal {self.ideal:.2f}x: re-measure"  # physics allows no more
             return "faster"
         if self.decidable and self.interval_high < 1:
             return "slower"
@@ -248,7 +257,8 @@ class Explorer:
                  latency_tokens: int = 64, latency_runs: int = 12, title: str = "",
                  grid: Sequence[float] = (), cache_dir: str | Path | None = None,
                  model_name: str = "", dense_model=None, also_on: dict | None = None,
-                 latency_seconds: float = 6.0, settings=None, background: bool = True):
+                 latency_seconds: float = 6.0, settings=None, background: bool = True,
+                 ideal: Callable[[object, object], float] | None = None):
         if isinstance(latency_runs, bool) or not isinstance(latency_runs, int) or latency_runs < 1:
             raise ValueError(f"latency_runs={latency_runs!r}: give the most paired runs a point may "
                              "take, a whole number >= 1 (6 or more can decide a verdict).")
@@ -261,6 +271,7 @@ class Explorer:
         self.latency_seconds = latency_seconds
         self.settings = settings
         self.background = background
+        self.ideal = ideal  # (dense, pruned) -> the most a speedup can be: a verdict beyond it is an error
         self.title = title or f"{amount_label} explorer"
         self.cache: dict[tuple[str, float], Point] = {}
         self.errors: list[str] = []
@@ -352,9 +363,10 @@ class Explorer:
                     checkpoint()
                     other[text] = metrics.perplexity(self.model, w, batch_size=len(w))
             checkpoint()
+            ideal = self.ideal(self.dense_model(), self.model) if self.ideal and amount > 0 else 0.0
             partial = Point(method, amount, ppl, math.nan, math.nan, metrics.parameter_count(self.model),
                             metrics.total_sparsity(self.model), other_perplexity=other,
-                            tokens=self.latency_tokens)
+                            tokens=self.latency_tokens, ideal=ideal)
             self._note("first number", key)
             show(partial)
             point = self._time(partial, show)
