@@ -170,8 +170,8 @@ def curve_section(record: dict, out: Path) -> str:
         "",
         "## What recovery costs: the long recovery (`make recover`)",
         "",
-        f"- Cut: {plan['fraction']:.0%} of every layer's MLP neurons by {plan.get('score', 'activation')} on "
-        f"{plan.get('n_score', 16)} windows of the training text; "
+        f"- Cut: {plan['fraction']:.0%} of every layer's MLP neurons by {plan['score']} on "
+        f"{plan['n_score']} windows of the training text; "
         f"{record['parameters']['dense']:,} -> {record['parameters']['recovered']:,} parameters "
         f"({record['parameters']['recovered'] / record['parameters']['dense']:.1%}).",
         f"- Text: {plan['n_prose']} pydoc windows (the start of the text) and {plan['n_code']} windows of "

@@ -56,13 +56,14 @@ def cmd_prune(args) -> dict:
     ppl_before = metrics.perplexity(model, windows.eval)
     long_recovery = _long_recovery(args, model, tokenizer, method, score, sparsity, pattern, recover)
     calib = windows.calib if n_calib else None
-    if long_recovery is not None:  # the cut the long recovery made: its own calibration text
-        from ..recover import long
-
-        calib = long.texts(tokenizer, args.model, long.LONG)["train"][:long.LONG.n_score]
     pruned = copy.deepcopy(model)  # the dense model stays, for the side-by-side timing
     started = time.perf_counter()
-    handle = prune_with(pruned, method, sparsity, pattern, calib, score)
+    if long_recovery is not None:  # the cut the long recovery made, on its own calibration text
+        from ..recover import long
+
+        handle = long.cut(pruned, long.texts(tokenizer, args.model, long.LONG), long.LONG)
+    else:
+        handle = prune_with(pruned, method, sparsity, pattern, calib, score)
     prune_seconds = time.perf_counter() - started
     ppl_pruned = metrics.perplexity(pruned, windows.eval)
     started = time.perf_counter()

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from ..core import arch
+from ..core.timing import thread_count
 from ..core.cancel import carried, checkpoint
 from . import calibrate
 from .masks import (check_pattern_fits, check_sparsity, check_target, describe,
@@ -98,7 +98,8 @@ def lower_inverse(L: torch.Tensor, base: int = 128) -> torch.Tensor:
 
     With L = [[A, 0], [B, C]] (A, C lower-triangular), L^-1 = [[A^-1, 0], [X, C^-1]] with
     X = -C^-1 B A^-1: check it, L L^-1 has B A^-1 + C X = 0 below the diagonal. Recursing
-    on A and C, the work is 2/3 n^3 multiply-adds in matrix products, against n^3 for
+    on A and C, the work is n^3/3 multiply-adds (two (n/2)^3 products per level: n^3/4, then
+    a quarter of that below), all in matrix products, against n^3/2 for
     ``torch.linalg.solve_triangular(L, I)`` (a triangular solve does not know that its
     right-hand side is the identity), and a CPU runs products at its full rate: for
     SmolLM2's 1536 x 1536 ``down_proj`` factor, 32 ms instead of 59 on two cores. The two
@@ -184,7 +185,13 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     for o1 in range(0, cols, group):
         o2 = min(o1 + group, cols)
         checkpoint()  # a live explorer may stop here (a pure function: nothing to undo)
-        with one_thread():  # the block's own work: small operations two threads only wait on
+        # The block's own work (mask selection, column steps, the small products that carry a few
+        # columns' errors through it) on one thread: with two, each small operation spent longer
+        # waking the second thread than computing (2-3x slower with idle threads asleep, as the
+        # presenter runs them). Their results do not depend on the thread count (elementwise, and
+        # checked bit for bit for the small products on SmolLM2's layers); the factorisation's
+        # do, and it keeps every thread, as does the large product right of the block below.
+        with thread_count(1):  # thread-local: a side-by-side group keeps its own count
             if pattern is None:
                 # adaptive mask selection: lowest w^2 / U_ii^2 of the block's columns, per matrix
                 score = Wt[o1:o2].pow(2) / d[o1:o2].pow(2)
@@ -211,26 +218,6 @@ def sparsegpt_layer(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0.5, pat
     Wt.masked_fill_(prune, 0.0)  # exact zeros (the updates leave ~1e-9 residues on pruned weights)
     prune[dead] = True  # zero weights on dead inputs: pruned, whatever the selection said
     return Wt.t().contiguous().to(W.dtype), (~prune).t().contiguous()
-
-
-@contextmanager
-def one_thread():
-    """Inside the block, this thread's torch operations run on one thread (its count is restored).
-
-    For a block's own work in the column loop: its mask selection, the elementwise column
-    steps and the small products that carry a few columns' errors through the block. With
-    two threads each of these spends longer waking the second one than computing (measured:
-    2-3x slower with idle threads asleep, as the presenter runs them). Elementwise results
-    do not depend on the thread count, and the small products' did not either (checked bit
-    for bit on SmolLM2's layers); only the factorisation's do, and it keeps every thread, as
-    does the large product right of each block. Thread-local: another thread keeps its count.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def check_block(what: str, value) -> int:

@@ -173,10 +173,11 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     return student, record
 
 
-def cut(student: nn.Module, windows: dict, plan: Plan) -> None:
+def cut(student: nn.Module, windows: dict, plan: Plan):
     """The plan's cut, in place: ``plan.fraction`` of every layer's MLP neurons, by ``plan.score``
-    on the first ``plan.n_score`` training windows."""
-    recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:plan.n_score], score=plan.score)
+    on the first ``plan.n_score`` training windows; returns its undo handle."""
+    return recipes.prune_with(student, "mlp", plan.fraction, calib=windows["train"][:plan.n_score],
+                              score=plan.score)
 
 
 def recover_in_place(student: nn.Module, dense: nn.Module, windows: dict, plan: Plan, curve: bool = False,
@@ -195,10 +196,11 @@ def recover_in_place(student: nn.Module, dense: nn.Module, windows: dict, plan: 
         before = metrics.perplexity(student, windows["valid"])
         handle = R.refit(student, dense, windows["train"][:32])
         after = metrics.perplexity(student, windows["valid"])
-        if not after < before:
+        kept = after < before
+        if not kept:
             handle.restore()
-        info["refit"] = {"kept": after < before, "valid_before": round(before, 3), "valid_after": round(after, 3)}
-        log(f"refit {'kept' if after < before else 'undone'} (validation {before:.2f} -> {after:.2f})")
+        info["refit"] = {"kept": kept, "valid_before": round(before, 3), "valid_after": round(after, 3)}
+        log(f"refit {'kept' if kept else 'undone'} (validation {before:.2f} -> {after:.2f})")
     extra = ({"eval_windows": windows["eval"], "heldout_windows": windows["heldout"],
               "eval_every": max(1, plan.steps // plan.curve_points)} if curve else {})
     _, report = D.distil(student, dense, windows["train"], steps=plan.steps, lr=plan.lr,

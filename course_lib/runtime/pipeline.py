@@ -19,8 +19,8 @@ run*, so the ratios are paired, not copied from another day:
 
 The stages themselves come from the course's own modules: the structured prune is
 lesson 4's by default (the same fraction of MLP neurons from every layer, chosen per
-layer by their measured contribution on calibration text: a uniform cut, so the result is a standard
-checkpoint; ``heads`` and ``layers`` cut heads or whole layers instead, by their own
+layer by their measured contribution on calibration text: a uniform cut, so the result is
+a standard checkpoint; ``heads`` and ``layers`` cut heads or whole layers instead, by their own
 data-aware scores, ``recipes.SCORES``), the recovery is ``recover.repair.refit`` (the
 projections whose input narrowed, refitted layer by layer to the dense outputs), the PyTorch int8 stage is
 ``quantize.quantized_copy`` with the projections of largest activation outliers
@@ -137,8 +137,8 @@ def fingerprint(model: nn.Module) -> str:
     tied tensor is hashed once and its second name recorded as an alias), the model's
     class and config, and the exporter: what the code of ``runtime.export`` does
     (``models.hash_code``; its settings: opset, traced attention, dynamic axes) and the
-    versions of torch, transformers, onnx and onnxscript. Two models that differ anywhere, even in one bit of one
-    weight, never share a cached file; hashing ~0.5 GB takes about a second, a small
+    versions of torch, transformers, onnx and onnxscript. Two models that differ anywhere,
+    even in one bit of one weight, never share a cached file; hashing ~0.5 GB takes about a second, a small
     part of an export.
     """
     import importlib.metadata
