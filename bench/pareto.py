@@ -19,7 +19,7 @@ paired ratios with their interquartile range, next to its ideal (FLOPs for prefi
 bytes read per token for decode).
 
 Writes ``bench/pareto.json`` (every figure, and where and when it was measured: lesson 4
-loads it and prints that provenance). 22 minutes on 2 cores (measured);
+loads it and prints that provenance). 27 minutes on 2 cores (measured);
 run it on a quiet machine (the timings).
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
         return {kind: stats.Quality(metrics.token_nll(model, windows[kind])) for kind in ("eval", "heldout")}
 
     dense_q = quality(dense)
-    cuts = budget.equal_cuts(dense, windows["train"][:16], args.layers)
+    cuts = budget.equal_cuts(dense, windows["train"][:plan.n_score], args.layers)
     for cut in cuts.values():
         print(f"{cut.name}: {cut.describe()}", flush=True)
     rows, before_q, after_q, students = {}, {}, {}, {}
@@ -120,6 +120,7 @@ def main() -> None:
                   "perplexity": {kind: round(q.perplexity, 3) for kind, q in dense_q.items()},
                   "prefill_ms": round(pre["dense"].median_ms, 2), "decode_ms_per_token": round(dec["dense"].median_ms, 2)},
         "plan": asdict(plan),
+        "scores": {**budget.SCORES, "windows": plan.n_score},  # what chose each cut, on how many training windows
         "tokens_per_cut": plan.tokens,
         "cuts": rows,
         "pairs": pairs,

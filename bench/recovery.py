@@ -182,7 +182,7 @@ def curve_section(record: dict, out: Path) -> str:
         f"(validation perplexity {refit['valid_before']:.2f} -> {refit['valid_after']:.2f}).",
         f"- Distillation: KL(dense || student), AdamW, {plan['steps']} steps of {plan['batch_size']} windows "
         f"({record['tokens']:,} tokens), peak lr {plan['lr']:g}, {plan['warmup']} warm-up steps, cosine to a "
-        f"tenth; {record['distil_seconds'] / 60:.0f} min of the {record['seconds'] / 60:.0f} min wall time.",
+        f"tenth; {record['distil_seconds'] / 60:.0f} min of the {record['provenance']['seconds'] / 60:.0f} min wall time.",
         f"- Built by `{record['provenance']['command']}` at commit {record['provenance']['commit']} on "
         f"{record['provenance']['machine']} ({record['provenance']['threads']} torch threads, torch "
         f"{record['provenance']['torch']}), {record['provenance']['measured']}; cache key `{record['key']}`.",

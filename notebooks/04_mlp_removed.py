@@ -398,12 +398,14 @@ run.claim("they close the gap: depth, decidedly behind width before distillation
 # the same real recovery, and then measures quality *and* speed. Four cuts of exactly the
 # parameters of six layers (`course_lib/pruning/budget.py` counts them): six whole layers
 # (depth); MLP neurons only (width); one KV group of every layer plus neurons (width,
-# attention + MLP); three layers plus neurons (depth + width). Each is recovered by the long
+# attention + MLP); three layers plus neurons (depth + width). What goes is chosen as the
+# command line chooses it: layers by block influence, KV groups and neurons by their
+# measured contribution (the sharper score above). Each is recovered by the long
 # recovery's recipe (the refit where it helps, then 40 steps of 4 x 256 tokens of prose and
 # code, distilled from the dense model), scored on the protocol's 16 x 256 evaluation windows
 # and on held-out Python source, paired with dense, and timed beside dense run by run.
 #
-# That took 22 minutes on 2 cores, more than a lesson may: `bench/pareto.py` measured
+# That took 27 minutes on 2 cores, more than a lesson may: `bench/pareto.py` measured
 # it once and committed `bench/pareto.json`. The cell loads it and first says where and when
 # it was measured; every claim below is decided by the stored intervals.
 #
@@ -422,6 +424,8 @@ if frontier["model"] != MODEL:
 cuts = frontier["cuts"]
 print(f"budget: {frontier['budget_layers']} layers = {frontier['budget_parameters']:,} of "
       f"{frontier['dense']['parameters']:,} parameters; recovery: {frontier['tokens_per_cut']:,} tokens per cut")
+print("chosen by: " + ", ".join(f"{unit} {score}" for unit, score in frontier["scores"].items() if unit != "windows")
+      + f" (on {frontier['scores']['windows']} training windows)")
 print(f"{'cut':<24}{'what goes':<48}{'prose / dense: before -> after':>31}{'code':>7}{'prefill':>9}{'decode':>8}")
 for name, c in cuts.items():
     prose, code = c["after"]["eval"]["vs_dense"], c["after"]["heldout"]["vs_dense"]
@@ -486,24 +490,39 @@ run.claim("in decode, depth reaches the ideal of the weight bytes it no longer r
           f"ideal {d['ideal']:.2f}x; depth {d['median']:.2f}x (IQR {d['low']:.2f}-{d['high']:.2f}), "
           f"width (MLP) {w['median']:.2f}x (IQR {w['low']:.2f}-{w['high']:.2f})")
 both = {s: stored.speedup(frontier, s, "width (MLP)", "depth + width") for s in ("prefill", "decode")}
-run.claim("depth + width lands between the two in quality, and no faster than width (MLP) by the paired runs",
+deeper = {s: stored.speedup(frontier, s, "depth + width", "depth") for s in ("prefill", "decode")}
+
+
+def ratios(pairs):
+    return ", ".join(f"{s} {v.median:.2f}x (IQR {v.low:.2f}-{v.high:.2f})" for s, v in pairs.items())
+
+
+run.claim("depth + width lands between the two in quality and in prefill speed (decidedly faster than "
+          "width (MLP), decidedly slower than depth); in decode it is not distinguishable from width (MLP)",
           stored.paired(frontier, "depth + width", "width (MLP)")["verdict"] == "higher"
           and stored.paired(frontier, "depth + width", "depth")["verdict"] == "lower"
-          and all(v.verdict == "within noise" for v in both.values()),
+          and both["prefill"].verdict == "faster" and deeper["prefill"].verdict == "faster"
+          and both["decode"].verdict == "within noise",
           f"{against('depth + width', 'width (MLP)')}, {against('depth + width', 'depth')}; over width (MLP): "
-          + ", ".join(f"{s} {v.median:.2f}x (IQR {v.low:.2f}-{v.high:.2f})" for s, v in both.items()))
+          f"{ratios(both)}; depth over depth + width: {ratios(deeper)}")
+groups = {s: stored.speedup(frontier, s, "width (MLP)", "width (attention + MLP)") for s in ("prefill", "decode")}
+run.claim("the KV groups buy no speed the paired runs can see over MLP neurons alone",
+          all(v.verdict == "within noise" for v in groups.values()),
+          f"width (attention + MLP) over width (MLP): {ratios(groups)}")
 print(f"you guessed {my_guess_best_after_recovery!r} keeps the most quality after recovery")
 
 # %% [markdown]
-# The picture has two ends and nothing better between them: **width (MLP)** keeps the most
-# quality, before recovery and after it, and **depth** is the fastest, in prefill and in decode,
-# where its speedup reaches the ideal of the weight bytes removed and width's does not (one
-# reason: the same number of matrices, each thinner, each with its fixed cost per call). Recovery narrows depth's quality gap (the arrows) but, with the same 41k tokens
-# for every cut, does not close it: the answer to "width or depth?" is *width for quality,
-# depth for speed*, and the cheap recovery earlier in this lesson could not tell them apart.
-# The Minitron reports reach the same quality ranking after distillation. Taking whole KV groups
-# out of this model's attention (one of three per layer) is the costliest way to spend the
-# budget, and buys no speed the intervals can see over MLP neurons alone.
+# The picture has two ends: **width (MLP)** keeps the most quality, before recovery and after
+# it, and **depth** is the fastest, in prefill and in decode, where its speedup reaches the
+# ideal of the weight bytes removed and width's does not (one reason: the same number of
+# matrices, each thinner, each with its fixed cost per call). **Depth + width** sits between
+# them: a few percent faster than width in prefill, for about 10% more perplexity. Recovery
+# narrows depth's quality gap (the arrows) but, with the same 41k tokens for every cut, does
+# not close it: the answer to "width or depth?" is *width for quality, depth for speed*, and
+# the cheap recovery earlier in this lesson could not tell them apart. The Minitron reports
+# reach the same quality ranking after distillation. Taking whole KV groups out of this
+# model's attention (one of three per layer) is the costliest way to spend the budget, and
+# buys no speed the paired runs can see over MLP neurons alone.
 
 # %% [markdown]
 # ## Explore

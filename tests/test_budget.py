@@ -57,6 +57,27 @@ def test_every_cut_removes_the_budget_and_restores_exactly(name):
     assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # the dense model untouched
 
 
+def test_the_cuts_are_chosen_by_the_scores_they_name():
+    """budget.SCORES names the command line's default scores, and the cuts follow them: the
+    width (MLP) cut is the lowest neurons of that score (not of another one)."""
+    from course_lib.core import names
+    from course_lib.pruning import recipes
+
+    assert budget.SCORES == {method: names.SCORES[method][0] for method in budget.SCORES}
+    model = four_layers("tiny-llama")
+    calib = torch.randint(0, models.TINY_VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
+    cuts = budget.equal_cuts(model, calib, 2)
+    parameters = 2 * budget.layer_parameters(model)
+    chosen = {k: sorted(v) for k, v in cuts["width (MLP)"].neurons.items()}
+
+    def by(score):
+        request = mlp.neurons_for_parameters(model, recipes.importance(model, "mlp", score, calib), parameters)
+        return {k: sorted(v) for k, v in request.items() if v}
+
+    assert chosen == by(budget.SCORES["mlp"])
+    assert chosen != by("activation")
+
+
 def test_a_budget_that_leaves_no_layer_is_refused():
     model = four_layers("tiny-llama")
     with pytest.raises(ValueError, match="between 2 and 3"):

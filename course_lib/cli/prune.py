@@ -75,7 +75,7 @@ def cmd_prune(args) -> dict:
         source = (f"the long recovery (make recover), cached: {steps} steps x {record['plan']['batch_size']} x "
                   f"{record['plan']['seq_len']} tokens of prose and code, built "
                   f"{record['provenance']['measured']} ({record['provenance']['machine']}) in "
-                  f"{record['seconds']:.0f} s")
+                  f"{record['provenance']['seconds']:.0f} s")
     else:
         handles = recover_with(pruned, model, recover, calib, steps=steps,
                                quiet=not getattr(args, "progress", False))

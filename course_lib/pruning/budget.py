@@ -21,7 +21,8 @@ removed). Four cuts of the same budget:
 
 - ``depth``: the ``k`` layers of least block influence (``layers.block_influence``);
 - ``width (MLP)``: neurons only, the same share from every layer to within one neuron
-  (``mlp.neurons_for_parameters``: the lowest activation scores go);
+  (``mlp.neurons_for_parameters``: the lowest measured contributions go, the score
+  ``recipes`` uses for ``mlp`` by default, ``mlp.neuron_importance_contribution``);
 - ``width (attention + MLP)``: one KV group from every layer (least contribution,
   ``heads.head_importance_contribution``), the rest of the budget in neurons;
 - ``depth + width``: ``k // 2`` layers, the rest in neurons of the layers that stay.
@@ -45,6 +46,9 @@ from . import mlp as M
 from .undo import PruneHandle
 
 FAMILIES = ("depth", "width (MLP)", "width (attention + MLP)", "depth + width")
+# the scores that choose what goes: the command line's defaults (names.SCORES), so a cut here is the
+# cut ``prune`` makes
+SCORES = {"layers": "block-influence", "heads": "contribution", "mlp": "contribution"}
 
 
 @dataclass
@@ -109,20 +113,20 @@ def equal_cuts(model: nn.Module, calib: torch.Tensor, n_layers: int) -> dict[str
         raise ValueError(f"n_layers={n_layers!r}: the budget is a whole number of layers between 2 and "
                          f"{total - 1} (depth + width spends half of it on layers, so at least 2).")
     influence = Lyr.block_influence(model, calib)
-    activation = M.neuron_importance_activation(model, calib)
+    neuron_scores = M.neuron_importance_contribution(model, calib)
     contribution = H.head_importance_contribution(model, calib)
     budget = n_layers * layer_parameters(model)
     everywhere = list(range(total))
     cuts = {"depth": Cut("depth", layers=sorted(Lyr.least_important_layers(influence, n_layers))),
-            "width (MLP)": Cut("width (MLP)", neurons=_neurons_in(model, activation, budget, everywhere))}
+            "width (MLP)": Cut("width (MLP)", neurons=_neurons_in(model, neuron_scores, budget, everywhere))}
     groups = H.least_important_groups(contribution, 1, model)
     with_groups = _counted(model, Cut("groups", heads=groups))
     cuts["width (attention + MLP)"] = Cut("width (attention + MLP)", heads=groups, neurons=_neurons_in(
-        model, activation, budget - with_groups.parameters, everywhere))
+        model, neuron_scores, budget - with_groups.parameters, everywhere))
     half = sorted(Lyr.least_important_layers(influence, n_layers // 2))
     kept = [i for i in everywhere if i not in half]
     cuts["depth + width"] = Cut("depth + width", layers=half, neurons=_neurons_in(
-        model, activation, budget - (n_layers // 2) * layer_parameters(model), kept))
+        model, neuron_scores, budget - (n_layers // 2) * layer_parameters(model), kept))
     return {name: _counted(model, cut) for name, cut in cuts.items()}
 
 

@@ -159,15 +159,15 @@ def build(dense: nn.Module, tokenizer, name: str, plan: Plan = LONG, log=print,
     # recovered vs dense on the same tokens: the ratio with its 95% interval
     record["paired"] = {kind: q.vs(dense_quality[kind]).record() for kind, q in quality(student).items()}
     record["distil_seconds"] = round(report.seconds, 1)
-    record["seconds"] = round(time.perf_counter() - started, 1)
+    seconds = round(time.perf_counter() - started, 1)
     record["parameters"] = {"dense": metrics.parameter_count(dense), "recovered": metrics.parameter_count(student)}
     record["key"] = key(dense, plan)
     command = {LONG: f"python -m course_lib.recover.long {name}",
                SHORT: f"python -m course_lib.recover.long {name} --short"}.get(
         plan, "course_lib.recover.long.build with the plan above")
-    record["provenance"] = provenance.record(command, record["seconds"])
+    record["provenance"] = provenance.record(command, seconds)
     log(f"recovered: {record['recovered']}; vs dense: {record['paired']['eval']['text']} (prose), "
-        f"{record['paired']['heldout']['text']} (code); {record['seconds']:.0f} s")
+        f"{record['paired']['heldout']['text']} (code); {seconds:.0f} s")
     if keep:
         save(student, record, folder_for(dense, plan))
     return student, record

@@ -1,7 +1,7 @@
 """Measurements too long for a lesson, made once by a benchmark script and loaded by the lesson.
 
 A lesson runs in minutes; some answers take longer (four cuts, each recovered for 40 steps
-of distillation, took 22 minutes on 2 cores). Such a measurement is made by a script in
+of distillation, took 27 minutes on 2 cores). Such a measurement is made by a script in
 ``bench/`` and committed as JSON with its provenance (the command, the commit, the machine,
 the date). The lesson loads it, prints that provenance first, and states only what the
 stored intervals decide, so the same output replays on any machine: what it shows was
