@@ -63,7 +63,9 @@ def test_the_cuts_are_chosen_by_the_scores_they_name():
     from course_lib.core import names
     from course_lib.pruning import recipes
 
-    assert budget.SCORES == {method: names.SCORES[method][0] for method in budget.SCORES}
+    assert budget.SCORES == {method: names.check_score(method) for method in ("heads", "mlp", "layers")}
+    assert budget.SCORES["mlp"] == recipes.prune_with(four_layers("tiny-llama"), "mlp", 0.25, calib=torch.zeros(
+        1, 8, dtype=torch.long)).info["score"]  # what prune uses when no score is named
     model = four_layers("tiny-llama")
     calib = torch.randint(0, models.TINY_VOCAB, (4, 32), generator=torch.Generator().manual_seed(1))
     cuts = budget.equal_cuts(model, calib, 2)

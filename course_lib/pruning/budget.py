@@ -21,13 +21,14 @@ removed). Four cuts of the same budget:
 
 - ``depth``: the ``k`` layers of least block influence (``layers.block_influence``);
 - ``width (MLP)``: neurons only, the same share from every layer to within one neuron
-  (``mlp.neurons_for_parameters``: the lowest measured contributions go, the score
-  ``recipes`` uses for ``mlp`` by default, ``mlp.neuron_importance_contribution``);
+  (``mlp.neurons_for_parameters``: the lowest measured contributions go,
+  ``mlp.neuron_importance_contribution``);
 - ``width (attention + MLP)``: one KV group from every layer (least contribution,
   ``heads.head_importance_contribution``), the rest of the budget in neurons;
 - ``depth + width``: ``k // 2`` layers, the rest in neurons of the layers that stay.
 
-Every score is measured once on the dense model; the cuts are then requests in the dense
+Every score (``SCORES``: the command line's defaults, through ``recipes.importance``) is
+measured once on the dense model; the cuts are then requests in the dense
 model's own indices, applied in an order that keeps them valid (heads and neurons first,
 whole layers last: removing a layer renumbers the ones after it).
 """
@@ -40,15 +41,16 @@ import torch
 from torch import nn
 
 from ..core import arch, metrics
+from ..core.names import STRUCTURED, check_score
 from . import heads as H
 from . import layers as Lyr
 from . import mlp as M
+from .recipes import importance
 from .undo import PruneHandle
 
 FAMILIES = ("depth", "width (MLP)", "width (attention + MLP)", "depth + width")
-# the scores that choose what goes: the command line's defaults (names.SCORES), so a cut here is the
-# cut ``prune`` makes
-SCORES = {"layers": "block-influence", "heads": "contribution", "mlp": "contribution"}
+# the scores that choose what goes: the command line's defaults, so a cut here is the cut ``prune`` makes
+SCORES = {method: check_score(method) for method in STRUCTURED}
 
 
 @dataclass
@@ -112,9 +114,8 @@ def equal_cuts(model: nn.Module, calib: torch.Tensor, n_layers: int) -> dict[str
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 2 <= n_layers < total:
         raise ValueError(f"n_layers={n_layers!r}: the budget is a whole number of layers between 2 and "
                          f"{total - 1} (depth + width spends half of it on layers, so at least 2).")
-    influence = Lyr.block_influence(model, calib)
-    neuron_scores = M.neuron_importance_contribution(model, calib)
-    contribution = H.head_importance_contribution(model, calib)
+    influence, contribution, neuron_scores = (importance(model, method, SCORES[method], calib)
+                                              for method in ("layers", "heads", "mlp"))
     budget = n_layers * layer_parameters(model)
     everywhere = list(range(total))
     cuts = {"depth": Cut("depth", layers=sorted(Lyr.least_important_layers(influence, n_layers))),

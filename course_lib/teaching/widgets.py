@@ -209,7 +209,7 @@ class Point:
         if not self.timed:
             return "not timed yet"
         if self.decidable and self.interval_low > 1:
-            if self.ideal and self.interval_low > self.ideal * speed.PLAUSIBLE_MARGIN:
+            if self.ideal and not speed.plausible(self.interval_low, self.ideal):
                 return f"beyond its ideal {self.ideal:.2f}x: re-measure"  # physics allows no more
             return "faster"
         if self.decidable and self.interval_high < 1:
